@@ -1,0 +1,168 @@
+"""Input checking and normalisation shared by the solvers.
+
+Every public solver funnels its inputs through :func:`prepare_problem`, so the error
+messages (which name the problem and the fix) are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+__all__ = ["Problem", "prepare_problem", "CostNormalization"]
+
+CostNormalization = Literal["none", "max"]
+
+# Marginals are probability vectors; their sum is checked to this relative tolerance
+# (float32 sums of 5k entries carry ~1e-6 rounding).
+_SUM_RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+@dataclass
+class Problem:
+    """A (batched) OT problem in the solvers' canonical form.
+
+    Attributes:
+        C: Cost, shape (B, n, m), float32 or float64.
+        log_a: Log of the source marginal, shape (B, n).
+        log_b: Log of the target marginal, shape (B, m).
+        batched: Whether the caller passed a batch (so results keep the leading dim).
+    """
+
+    C: torch.Tensor
+    log_a: torch.Tensor
+    log_b: torch.Tensor
+    batched: bool
+
+    def unbatch(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.batched else x.squeeze(0)
+
+
+def _value_checks_allowed(C: torch.Tensor) -> bool:
+    # Value checks read tensors back to the host. That is illegal while a CUDA graph is being
+    # captured and undesirable while torch.compile traces, so they are skipped there.
+    if torch.compiler.is_compiling():
+        return False
+    if C.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
+    return True
+
+
+def _fmt_shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def _prepare_marginal(
+    x, name: str, size: int, side: str, C: torch.Tensor, check_values: bool, sum_to_one: bool
+) -> torch.Tensor:
+    B = C.shape[0]
+    if x is None:
+        return torch.full((B, size), -math.log(size), dtype=C.dtype, device=C.device)
+    x = torch.as_tensor(x, dtype=C.dtype, device=C.device)
+    if x.ndim == 1:
+        if x.shape[0] != size:
+            raise ValueError(
+                f"{name} has shape {_fmt_shape(x)} but C has {size} {side}; "
+                f"{name} must have shape ({size},) or (B, {size})."
+            )
+        x = x.expand(B, size)
+    elif x.ndim == 2:
+        if x.shape[1] != size or x.shape[0] not in (1, B):
+            raise ValueError(
+                f"{name} has shape {_fmt_shape(x)} but C has batch size {B} and {size} {side}; "
+                f"{name} must have shape ({size},) or ({B}, {size})."
+            )
+        x = x.expand(B, size)
+    else:
+        raise ValueError(
+            f"{name} must be a vector of shape ({size},) or a batch of shape (B, {size}); "
+            f"got shape {_fmt_shape(x)}."
+        )
+    if check_values:
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains non-finite values (NaN or inf); pass finite weights.")
+        if bool((x < 0).any()):
+            raise ValueError(
+                f"{name} has negative entries (min {x.min().item():.3g}); marginals must be "
+                "non-negative weights."
+            )
+        if bool((x == 0).any()):
+            raise ValueError(
+                f"{name} has zero entries; the log-domain solvers need strictly positive "
+                f"marginals: drop the zero-mass points from C (and from {name}) instead."
+            )
+        if sum_to_one:
+            sums = x.sum(-1)
+            if not bool(torch.allclose(sums, torch.ones_like(sums), rtol=0, atol=_SUM_RTOL[C.dtype])):
+                worst = sums[(sums - 1).abs().argmax()].item()
+                raise ValueError(
+                    f"{name} must sum to 1 (got {worst:.8g}); normalise it with "
+                    f"{name} / {name}.sum(-1, keepdim=True)."
+                )
+    return x.log()
+
+
+def prepare_problem(
+    C: torch.Tensor,
+    eps: float,
+    a=None,
+    b=None,
+    *,
+    cost_normalization: CostNormalization = "none",
+    marginals_sum_to_one: bool = True,
+) -> Problem:
+    """Check the inputs of a solver and bring them to canonical batched form.
+
+    Raises:
+        ValueError: naming the problem and the fix, for a cost that is not a float32/64
+            tensor of shape (n, m) or (B, n, m), non-finite costs, ``eps <= 0``, marginals of
+            the wrong shape, with negative or zero entries, or (balanced problems) not summing
+            to 1, and an unknown ``cost_normalization``.
+    """
+    if not isinstance(C, torch.Tensor):
+        raise ValueError(f"C must be a torch.Tensor; got {type(C).__name__}. Use torch.as_tensor(C).")
+    if C.ndim not in (2, 3):
+        raise ValueError(
+            f"C must have shape (n, m) or (B, n, m); got shape {_fmt_shape(C)}."
+        )
+    if C.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"C must be float32 or float64; got {C.dtype}. Convert it with C.float() "
+            "(half precision is too coarse for the log-domain iterations)."
+        )
+    if 0 in C.shape:
+        raise ValueError(f"C must be non-empty; got shape {_fmt_shape(C)}.")
+    if isinstance(eps, torch.Tensor):
+        eps = float(eps)
+    if not isinstance(eps, (int, float)) or not eps > 0 or eps != eps or eps == float("inf"):
+        raise ValueError(f"eps must be a positive finite number; got {eps!r}. Use e.g. eps=0.05.")
+    if cost_normalization not in ("none", "max"):
+        raise ValueError(
+            f"cost_normalization must be 'none' or 'max'; got {cost_normalization!r}."
+        )
+    batched = C.ndim == 3
+    if not batched:
+        C = C.unsqueeze(0)
+    check_values = _value_checks_allowed(C)
+    if check_values and not bool(torch.isfinite(C).all()):
+        raise ValueError(
+            "C contains non-finite values (NaN or inf); check the embeddings and the cost "
+            "computation that produced it."
+        )
+    if cost_normalization == "max":
+        # The reference implementation divides by the batch maximum (not detached), which makes
+        # eps relative to the largest cost; here each problem of a batch uses its own maximum.
+        cmax = C.amax(dim=(-2, -1), keepdim=True)
+        if check_values and bool((cmax <= 0).any()):
+            raise ValueError(
+                "cost_normalization='max' needs a positive maximum cost in every problem; "
+                "got a problem whose costs are all <= 0."
+            )
+        C = C / cmax
+    _, n, m = C.shape
+    log_a = _prepare_marginal(a, "a", n, "rows", C, check_values, marginals_sum_to_one)
+    log_b = _prepare_marginal(b, "b", m, "columns", C, check_values, marginals_sum_to_one)
+    return Problem(C=C, log_a=log_a, log_b=log_b, batched=batched)
