@@ -51,8 +51,13 @@ def _value_checks_allowed(C: torch.Tensor) -> bool:
     return True
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    with torch.no_grad():  # isfinite is composite (abs, ==): keep it out of the autograd graph
+        return bool(torch.isfinite(t).all())
+
+
 def _fmt_shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+    return str(tuple(t.shape))
 
 
 def _prepare_marginal(
@@ -82,7 +87,7 @@ def _prepare_marginal(
             f"got shape {_fmt_shape(x)}."
         )
     if check_values:
-        if not bool(torch.isfinite(x).all()):
+        if not _all_finite(x):
             raise ValueError(f"{name} contains non-finite values (NaN or inf); pass finite weights.")
         if bool((x < 0).any()):
             raise ValueError(
@@ -99,7 +104,7 @@ def _prepare_marginal(
             if not bool(torch.allclose(sums, torch.ones_like(sums), rtol=0, atol=_SUM_RTOL[C.dtype])):
                 worst = sums[(sums - 1).abs().argmax()].item()
                 raise ValueError(
-                    f"{name} must sum to 1 (got {worst:.8g}); normalise it with "
+                    f"{name} must sum to 1 (got {worst:.6g}); normalise it with "
                     f"{name} / {name}.sum(-1, keepdim=True)."
                 )
     return x.log()
@@ -147,7 +152,7 @@ def prepare_problem(
     if not batched:
         C = C.unsqueeze(0)
     check_values = _value_checks_allowed(C)
-    if check_values and not bool(torch.isfinite(C).all()):
+    if check_values and not _all_finite(C):
         raise ValueError(
             "C contains non-finite values (NaN or inf); check the embeddings and the cost "
             "computation that produced it."

@@ -1,0 +1,170 @@
+"""Balanced Sinkhorn: plans against POT (float64), closed forms, marginals, batching, options."""
+
+import warnings
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from mltm.ot import ConvergenceWarning, sinkhorn, sinkhorn_log
+
+F64 = torch.float64
+
+
+def _rand_simplex(n, gen, batch=None):
+    shape = (n,) if batch is None else (batch, n)
+    x = torch.rand(shape, generator=gen, dtype=F64) + 0.1
+    return x / x.sum(-1, keepdim=True)
+
+
+def _pot_plan(C, eps, a, b):
+    return ot.sinkhorn(a, b, C, eps, method="sinkhorn_log", stopThr=1e-14, numItermax=100_000)
+
+
+@pytest.mark.parametrize("n,m,eps", [(7, 9, 0.05), (12, 5, 0.2), (30, 30, 0.03)])
+def test_plan_matches_pot_sinkhorn_log(n, m, eps, gen):
+    C = torch.rand(n, m, generator=gen, dtype=F64)
+    a, b = _rand_simplex(n, gen), _rand_simplex(m, gen)
+    P = sinkhorn(C, eps, a, b, tol=1e-13, max_iter=100_000)
+    torch.testing.assert_close(P, _pot_plan(C, eps, a, b), rtol=0, atol=1e-12)
+
+
+def test_uniform_marginals_by_default(gen):
+    C = torch.rand(6, 4, generator=gen, dtype=F64)
+    P = sinkhorn(C, 0.1, tol=1e-13)
+    torch.testing.assert_close(P.sum(1), torch.full((6,), 1 / 6, dtype=F64), rtol=0, atol=1e-13)
+    torch.testing.assert_close(P.sum(0), torch.full((4,), 1 / 4, dtype=F64), rtol=0, atol=1e-13)
+
+
+def test_rows_exact_and_columns_within_tol(gen):
+    C = torch.rand(50, 70, generator=gen)
+    a, b = _rand_simplex(50, gen).float(), _rand_simplex(70, gen).float()
+    res = sinkhorn_log(C, 0.05, a, b, tol=1e-6)
+    P = res.plan
+    torch.testing.assert_close(P.sum(1), a, rtol=1e-5, atol=1e-7)
+    assert torch.linalg.vector_norm(P.sum(0) - b).item() < 1e-6
+    assert res.marginal_error.item() < 1e-6
+    # The reported error is the real one, not an estimate.
+    assert res.marginal_error.item() == pytest.approx(torch.linalg.vector_norm(P.sum(0) - b).item(), rel=1e-2, abs=1e-8)
+
+
+def test_large_eps_tends_to_independent_coupling(gen):
+    C = torch.rand(5, 8, generator=gen, dtype=F64)
+    a, b = _rand_simplex(5, gen), _rand_simplex(8, gen)
+    P = sinkhorn(C, 1e8, a, b, tol=1e-13)
+    torch.testing.assert_close(P, torch.outer(a, b), rtol=0, atol=1e-9)
+
+
+def test_small_eps_recovers_the_optimal_assignment(gen):
+    # A cost whose unique optimal assignment is a known permutation.
+    n = 8
+    perm = torch.randperm(n, generator=gen)
+    C = torch.rand(n, n, generator=gen, dtype=F64) + 1.0
+    C[torch.arange(n), perm] = 0.0
+    P = sinkhorn(C, 0.01, tol=1e-12, max_iter=10_000)
+    expected = torch.zeros(n, n, dtype=F64)
+    expected[torch.arange(n), perm] = 1 / n
+    torch.testing.assert_close(P, expected, rtol=0, atol=1e-10)
+    # And it agrees with POT's exact network-simplex solution.
+    G = ot.emd(torch.full((n,), 1 / n, dtype=F64), torch.full((n,), 1 / n, dtype=F64), C)
+    torch.testing.assert_close(P, G, rtol=0, atol=1e-10)
+
+
+def test_batched_equals_looped(gen):
+    C = torch.rand(4, 10, 13, generator=gen, dtype=F64)
+    a, b = _rand_simplex(10, gen, batch=4), _rand_simplex(13, gen, batch=4)
+    P = sinkhorn(C, 0.05, a, b, tol=1e-12)
+    for k in range(4):
+        torch.testing.assert_close(P[k], sinkhorn(C[k], 0.05, a[k], b[k], tol=1e-12), rtol=0, atol=1e-12)
+
+
+def test_batched_with_shared_marginal(gen):
+    C = torch.rand(3, 6, 6, generator=gen, dtype=F64)
+    a = _rand_simplex(6, gen)
+    P = sinkhorn(C, 0.1, a, tol=1e-12)
+    torch.testing.assert_close(P.sum(-1), a.expand(3, 6), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_keeps_dtype_device_and_shape(dtype, device, gen):
+    C = torch.rand(2, 5, 7, generator=gen, dtype=dtype).to(device)
+    P = sinkhorn(C, 0.1)
+    assert P.shape == C.shape and P.dtype == dtype and P.device == C.device
+    assert sinkhorn(C[0], 0.1).shape == (5, 7)
+
+
+@pytest.mark.filterwarnings("ignore:Sinkhorn did not converge:UserWarning")
+def test_fixed_iterations_run_exactly_max_iter(gen):
+    C = torch.rand(6, 6, generator=gen, dtype=F64)
+    res = sinkhorn_log(C, 0.05, tol=None, max_iter=37)
+    assert res.n_iter == 37
+    assert res.marginal_error is None and res.error_history == []
+    # Fixed iterations equal POT's same number of iterations (POT checks at 0, 10, ...; a
+    # threshold of 0 never stops it).
+    u = torch.full((6,), 1 / 6, dtype=F64)
+    Pp = ot.sinkhorn(u, u, C, 0.05, method="sinkhorn_log", stopThr=0.0, numItermax=37)
+    torch.testing.assert_close(res.plan, Pp, rtol=0, atol=1e-15)
+
+
+def test_tolerance_is_checked_every_check_every(gen):
+    C = torch.rand(40, 40, generator=gen, dtype=F64)
+    res = sinkhorn_log(C, 0.02, tol=1e-9, check_every=7, max_iter=5000)
+    iters = [i for i, _ in res.error_history]
+    assert iters == list(range(7, res.n_iter + 1, 7))
+    errs = [e.item() for _, e in res.error_history]
+    assert errs[-1] < 1e-9 <= errs[-2]
+
+
+def test_convergence_warning_when_max_iter_too_small(gen):
+    C = torch.rand(30, 30, generator=gen, dtype=F64)
+    with pytest.warns(ConvergenceWarning, match=r"did not reach tol=1e-12 in max_iter=3 iterations"):
+        sinkhorn(C, 0.01, tol=1e-12, max_iter=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sinkhorn(C, 0.01, tol=None, max_iter=3)  # fixed iterations: nothing to warn about
+
+
+def test_cost_normalization_max_matches_manual_division(gen):
+    C = (torch.rand(3, 6, 5, generator=gen, dtype=F64) * 7).requires_grad_()
+    W = torch.randn(3, 6, 5, generator=gen, dtype=F64)
+    P = sinkhorn(C, 0.05, cost_normalization="max", tol=1e-12)
+    Cn = C / C.amax(dim=(-2, -1), keepdim=True)
+    P_ref = sinkhorn(Cn, 0.05, tol=1e-12)
+    torch.testing.assert_close(P, P_ref, rtol=0, atol=1e-14)
+    g = torch.autograd.grad((P * W).sum(), C)[0]
+    g_ref = torch.autograd.grad((P_ref * W).sum(), C)[0]
+    torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("grad", ["implicit", "unroll"])
+def test_float32_small_eps_is_stable(grad, gen):
+    # Costs in [1, 1.7] at eps = 0.01: exp(-C/eps) underflows to 0 in float32 (POT's plain
+    # Sinkhorn returns an all-zero plan here); the log domain does not.
+    C = (1 + 0.7 * torch.rand(64, 64, generator=gen)).requires_grad_()
+    K = torch.exp(-C.detach() / 0.01)
+    assert (K == 0).float().mean() > 0.9  # the premise: the kernel has (mostly) underflowed
+    P = sinkhorn(C, 0.01, tol=None, max_iter=200, grad=grad)
+    assert torch.isfinite(P).all() and P.sum().item() == pytest.approx(1.0, abs=1e-5)
+    torch.testing.assert_close(P.sum(1), torch.full((64,), 1 / 64), rtol=1e-4, atol=0)
+    loss = -torch.log(torch.diagonal(P)).mean()
+    (g,) = torch.autograd.grad(loss, C)
+    assert torch.isfinite(loss) and torch.isfinite(g).all()
+
+
+def test_pot_exp_domain_underflows_where_we_do_not(gen):
+    # Documents the failure this package avoids: same problem as above, POT's default method.
+    C = 1 + 0.7 * torch.rand(64, 64, generator=gen)
+    u = torch.full((64,), 1 / 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        P_pot = ot.sinkhorn(u, u, C, 0.01)
+    assert P_pot.sum().item() == 0.0 or not torch.isfinite(P_pot).all()
+    assert sinkhorn(C, 0.01, tol=None, max_iter=50).sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_numpy_marginals_are_accepted(gen):
+    C = torch.rand(4, 4, generator=gen, dtype=F64)
+    a = np.array([0.1, 0.2, 0.3, 0.4])
+    P = sinkhorn(C, 0.1, a, tol=1e-12)
+    torch.testing.assert_close(P.sum(1), torch.from_numpy(a), rtol=0, atol=1e-12)
