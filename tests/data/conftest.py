@@ -44,6 +44,19 @@ def built_dataset() -> Callable[[str], Path]:
     return get
 
 
+@pytest.fixture
+def built_datasets() -> list[Path]:
+    """Return every built dataset directory (a subdirectory with a ``*.jsonl`` manifest)."""
+    root = data_root()
+    dirs = sorted({p.parent for p in root.glob("*/*.jsonl")}) if root.is_dir() else []
+    if dirs:
+        return dirs
+    msg = f"no dataset built under {root}: run `{BUILD_COMMAND}`"
+    if os.environ.get("MLTM_REQUIRE_DATA") == "1":
+        pytest.fail(msg + " (MLTM_REQUIRE_DATA=1, so a missing dataset is an error)")
+    pytest.skip(msg)
+
+
 def write_tone(path: Path, seconds: float = 0.5, sr: int = 16000, freq: float = 440.0,
                channels: int = 1, noise: float = 0.0, seed: int = 0) -> Path:
     """Write a sine (plus optional noise) with soundfile; the format follows the suffix."""
