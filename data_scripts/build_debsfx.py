@@ -1,0 +1,424 @@
+"""Build "DebSFX": a captioned sound-effects set from the audio of four Debian game-data packages.
+
+Sources (Recipe A of ``shared/notes/offline-assets.md``): ``0ad-data`` (CC-BY-SA-3.0),
+``megaglest-data`` (CC-BY-SA-3.0 / GPL-2+), ``widelands-data`` (GPL-2+ / CC-BY-SA-3.0) and
+``wesnoth-1.16-data`` (GPL-2+). ``--size ci`` uses only megaglest + wesnoth (0ad-data alone is
+a 1.4 GB download).
+
+Pipeline
+--------
+1. ``apt-get download`` + unpack the audio files (cached under ``$MLTM_CACHE``).
+2. Map each file path to a class and 3-5 caption paraphrases with the rules table
+   ``data_scripts/rules/debsfx_rules.tsv`` (first matching rule wins; named regex groups fill
+   material/surface slots). Files no rule matches are dropped and counted.
+3. Byte-identical files are kept once (MegaGlest ships the same ``rain.ogg`` in many tilesets).
+4. Decode, mix to mono, resample to 32 kHz, write 16-bit FLAC. Files longer than
+   ``--window`` seconds (ambiences: rain, wind, rivers, up to 168 s) are cut into consecutive
+   non-overlapping windows of ``--window`` s, at most ``--max-windows`` per file (taken from
+   the start); a trailing remainder shorter than the window is dropped. All windows of a file
+   share its family, so they always land in the same split. Silent clips/windows
+   (RMS < 1e-4) and undecodable files are dropped and counted.
+5. Optionally cap each class at ``--max-per-class`` clips (whole families, in a seeded order).
+6. Drop classes with fewer than ``--min-clips`` clips. A class with a single sound family
+   can only be in one split: it stays, all in train (it teaches the model, it is not tested).
+7. **Split by sound family**, never by file: a family is the file name minus its trailing
+   number/variant (``mine_stone_07`` -> ``mine_stone``; Wesnoth: the first hyphen token,
+   ``bow-puny-fire-miss`` -> ``bow``; 0 A.D./MegaGlest voices: the speaker's voice set), within
+   its source and class. Within each class, families (largest first, ties in a seeded order)
+   go to the split furthest below its target share of clips (test 20 %, val 10 %, train 70 %).
+
+Output (``$MLTM_DATA/debsfx`` or ``debsfx-ci``): ``train/val/test.jsonl`` (mltm manifests),
+``audio/*.flac``, ``LICENSE.md``, ``BUILD_INFO.json`` (written last).
+
+Usage: ``python data_scripts/build_debsfx.py --size {ci,full} [--out DIR] [--force]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from data_scripts import buildlib as bl  # noqa: E402
+from data_scripts.debian import Package, copyright_text, data_root, fetch_deb, unpack, unpack_zip_inside  # noqa: E402
+
+BUILDER_VERSION = 1
+RULES_PATH = Path(__file__).resolve().parent / "rules" / "debsfx_rules.tsv"
+AUDIO_EXT = (".ogg", ".wav", ".flac")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    key: str            # short name used in rules and clip ids
+    package: str
+    root: str           # path prefix of the sound tree inside the unpacked package
+    license: str
+    upstream: str
+
+
+SOURCES = {
+    "0ad": SourceSpec("0ad", "0ad-data", "audio/", "CC-BY-SA-3.0", "https://play0ad.com/"),
+    "megaglest": SourceSpec("megaglest", "megaglest-data", "usr/share/games/megaglest/",
+                            "CC-BY-SA-3.0 / GPL-2+", "https://megaglest.org/"),
+    "widelands": SourceSpec("widelands", "widelands-data", "usr/share/games/widelands/data/",
+                            "GPL-2+ / CC-BY-SA-3.0", "https://www.widelands.org/"),
+    "wesnoth": SourceSpec("wesnoth", "wesnoth-1.16-data", "usr/share/games/wesnoth/1.16/",
+                          "GPL-2+", "https://www.wesnoth.org/"),
+}
+
+SIZES = {
+    "ci": dict(sources=["megaglest", "wesnoth"], window=10.0, max_windows=2, max_per_class=40,
+               min_clips=4, name="debsfx-ci"),
+    "full": dict(sources=["0ad", "megaglest", "widelands", "wesnoth"], window=10.0,
+                 max_windows=6, max_per_class=0, min_clips=5, name="debsfx"),
+}
+SPLIT_SHARE = {"test": 0.2, "val": 0.1, "train": 0.7}
+SPLIT_TIE_ORDER = ("test", "train", "val")
+
+
+# ----------------------------------------------------------------------------- rules
+@dataclass(frozen=True)
+class Rule:
+    line: int
+    source: str
+    pattern: re.Pattern
+    label: str | None        # None = drop
+    captions: tuple[str, ...]
+
+
+@dataclass
+class RuleTable:
+    rules: list[Rule]
+    words: dict[tuple[str, str], str] = field(default_factory=dict)
+    sha256: str = ""
+
+    def match(self, source: str, relpath: str) -> tuple[Rule, dict[str, str]] | None:
+        for r in self.rules:
+            if r.source != source:
+                continue
+            m = r.pattern.search(relpath)
+            if m:
+                return r, {k: v for k, v in m.groupdict().items() if v is not None}
+        return None
+
+    def captions_for(self, rule: Rule, groups: dict[str, str]) -> tuple[str, ...]:
+        slots = {k: self.words.get((k, v.lower()), v.lower()) for k, v in groups.items()
+                 if k != "fam"}
+        return tuple(c.format(**slots) for c in rule.captions)
+
+
+def load_rules(path: Path = RULES_PATH) -> RuleTable:
+    """Parse the rules TSV; raises ValueError naming the line on any malformed row."""
+    text = Path(path).read_text(encoding="utf-8")
+    rules, words = [], {}
+    for n, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        cols = raw.split("\t")
+        where = f"{path}:{n}"
+        if cols[0] == "@word":
+            if len(cols) != 4:
+                raise ValueError(f"{where}: @word needs 3 tab-separated fields (slot, value, words)")
+            words[(cols[1], cols[2].lower())] = cols[3]
+            continue
+        if len(cols) != 4:
+            raise ValueError(f"{where}: expected 4 tab-separated columns "
+                             f"(source, pattern, class, captions), got {len(cols)}")
+        src, pat, label, caps = cols
+        if src not in SOURCES:
+            raise ValueError(f"{where}: unknown source {src!r}; expected one of {sorted(SOURCES)}")
+        try:
+            rx = re.compile(pat, re.IGNORECASE)
+        except re.error as e:
+            raise ValueError(f"{where}: bad regex {pat!r}: {e}") from None
+        if label == "-":
+            rules.append(Rule(n, src, rx, None, ()))
+            continue
+        captions = tuple(c.strip() for c in caps.split("|") if c.strip())
+        if not 3 <= len(captions) <= 5:
+            raise ValueError(f"{where}: class {label!r} has {len(captions)} captions; give 3 to 5 "
+                             "separated by ' | '")
+        slots = set(re.findall(r"{(\w+)}", caps))
+        missing = slots - set(rx.groupindex)
+        if missing:
+            raise ValueError(f"{where}: captions use slot(s) {sorted(missing)} that the pattern "
+                             "does not capture as named groups")
+        rules.append(Rule(n, src, rx, label, captions))
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    return RuleTable(rules, words, sha)
+
+
+_TRAILING_NUM = re.compile(r"([-_ ]?\d+[a-z]?)+$")
+
+
+def family_of(source: str, relpath: str, label: str, groups: dict[str, str]) -> str:
+    """The sound family (the unit of the split) of a file."""
+    if "fam" in groups:
+        fam = groups["fam"].lower()
+    else:
+        stem = Path(relpath).stem.lower()
+        if source == "wesnoth":
+            stem = stem.split("-")[0]
+        fam = _TRAILING_NUM.sub("", stem) or stem
+    return f"{source}:{label}:{fam}"
+
+
+# ----------------------------------------------------------------------------- candidates
+@dataclass
+class Candidate:
+    source: str
+    relpath: str       # relative to the source's sound root
+    path: Path
+    label: str
+    captions: tuple[str, ...]
+    family: str
+
+
+def list_source(spec: SourceSpec, tree: Path) -> list[tuple[str, Path]]:
+    root = tree / spec.root
+    if not root.is_dir():
+        raise FileNotFoundError(f"{spec.package}: expected sound tree {root} is missing; "
+                                f"delete {tree} from the cache and re-run")
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix.lower() in AUDIO_EXT:
+            out.append((p.relative_to(root).as_posix(), p))
+    return out
+
+
+def unpack_source(spec: SourceSpec) -> tuple[Package, Path]:
+    pkg = fetch_deb(spec.package)
+    if spec.key == "0ad":
+        tree = unpack_zip_inside(pkg, "*/public.zip", lambda n: n.startswith("audio/")
+                                 and not n.startswith("audio/music/")
+                                 and n.lower().endswith(AUDIO_EXT), "audio")
+    elif spec.key == "widelands":
+        tree = unpack(pkg, ["./usr/share/games/widelands/data/sound/*",
+                            "./usr/share/games/widelands/data/world/critters/*.ogg"], "audio")
+    else:
+        tree = unpack(pkg, ["*.ogg", "*.wav"], "audio")
+    return pkg, tree
+
+
+def select(rules: RuleTable, sources: dict[str, tuple[SourceSpec, Path]], stats: Counter
+           ) -> list[Candidate]:
+    cands, seen_md5 = [], {}
+    for key, (spec, tree) in sources.items():
+        for rel, path in list_source(spec, tree):
+            stats["files_seen"] += 1
+            hit = rules.match(key, rel)
+            if hit is None:
+                stats["unmatched"] += 1
+                continue
+            rule, groups = hit
+            if rule.label is None:
+                stats["dropped_by_rule"] += 1
+                continue
+            digest = hashlib.md5(path.read_bytes()).hexdigest()
+            if digest in seen_md5:
+                stats["duplicate_files"] += 1
+                continue
+            seen_md5[digest] = rel
+            cands.append(Candidate(key, rel, path, rule.label, rules.captions_for(rule, groups),
+                                   family_of(key, rel, rule.label, groups)))
+    return cands
+
+
+# ----------------------------------------------------------------------------- split
+def split_families(fam_sizes: dict[str, dict[str, int]], seed: int) -> dict[str, str]:
+    """Assign every family to a split, per class; returns family -> split."""
+    out = {}
+    for label in sorted(fam_sizes):
+        fams = fam_sizes[label]
+        total = sum(fams.values())
+        have = {s: 0 for s in SPLIT_SHARE}
+        order = sorted(fams, key=lambda f: (-fams[f], bl.stable_hash(seed, f)))
+        for f in order:
+            deficit = {s: SPLIT_SHARE[s] * total - have[s] for s in SPLIT_SHARE}
+            best = max(SPLIT_TIE_ORDER, key=lambda s: (round(deficit[s], 9), -SPLIT_TIE_ORDER.index(s)))
+            out[f] = best
+            have[best] += fams[f]
+    return out
+
+
+# ----------------------------------------------------------------------------- build
+def build(size: str, out: Path | None = None, *, force: bool = False, seed: int = 0,
+          sources: list[str] | None = None, max_windows: int | None = None,
+          max_per_class: int | None = None, min_clips: int | None = None,
+          window: float | None = None) -> Path:
+    import numpy as np
+    from tqdm import tqdm
+
+    from mltm.data.audio import AudioLoadError, load_audio
+    from mltm.data.manifest import ClipRecord, write_manifest
+
+    cfg = dict(SIZES[size])
+    for k, v in dict(sources=sources, max_windows=max_windows, max_per_class=max_per_class,
+                     min_clips=min_clips, window=window).items():
+        if v is not None:
+            cfg[k] = v
+    out = Path(out) if out else data_root() / cfg["name"]
+    t0 = time.time()
+    rules = load_rules()
+    specs = [SOURCES[s] for s in cfg["sources"]]
+    pkgs = {s.key: fetch_deb(s.package) for s in specs}
+    settings = dict(builder="debsfx", version=BUILDER_VERSION, size=size, seed=seed,
+                    sample_rate=bl.SAMPLE_RATE, rules_sha256=rules.sha256,
+                    packages={k: p.version for k, p in pkgs.items()},
+                    **{k: v for k, v in cfg.items() if k != "name"})
+    key = bl.settings_key(settings)
+    if not force and bl.up_to_date(out, key):
+        bl.log(f"[debsfx] {out.name} is up to date (settings {key}); nothing to do")
+        return out
+
+    trees = {}
+    for spec in tqdm(specs, desc="debsfx: unpack packages", unit="pkg"):
+        pkg, tree = unpack_source(spec)
+        trees[spec.key] = (spec, tree)
+    stats: Counter = Counter()
+    cands = select(rules, trees, stats)
+    bl.log(f"[debsfx] {stats['files_seen']} audio files, {len(cands)} matched a class "
+           f"({stats['unmatched']} unmatched, {stats['dropped_by_rule']} dropped by rule, "
+           f"{stats['duplicate_files']} byte-identical duplicates)")
+
+    # Cap classes (whole families, seeded order) before decoding, to keep ci builds small.
+    if cfg["max_per_class"]:
+        by_label = defaultdict(lambda: defaultdict(list))
+        for c in cands:
+            by_label[c.label][c.family].append(c)
+        kept = []
+        for label, fams in by_label.items():
+            n = 0
+            for f in sorted(fams, key=lambda f: bl.stable_hash(seed, "cap", f)):
+                if n >= cfg["max_per_class"]:
+                    stats["capped_files"] += len(fams[f])
+                    continue
+                take = fams[f][: cfg["max_per_class"] - n]
+                stats["capped_files"] += len(fams[f]) - len(take)
+                kept.extend(take)
+                n += len(take)
+        cands = sorted(kept, key=lambda c: (c.source, c.relpath))
+
+    skip = Counter()
+    win_n = int(round(cfg["window"] * bl.SAMPLE_RATE))
+    with bl.AtomicDir(out) as tmp:
+        clips = []  # ClipRecord kwargs
+        used_ids: set[str] = set()
+        for c in tqdm(cands, desc=f"debsfx-{size}: transcode", unit="file"):
+            try:
+                wave = load_audio(c.path, bl.SAMPLE_RATE).numpy()
+            except AudioLoadError as e:
+                skip[e.reason] += 1
+                continue
+            except Exception:  # anything else a broken file can raise: count, never stop
+                skip["unreadable"] += 1
+                continue
+            if bl.rms(wave) < bl.SILENCE_RMS:
+                skip["silent"] += 1
+                continue
+            if wave.size > win_n:
+                n_full = wave.size // win_n
+                pieces = [(f"-w{k:02d}", wave[k * win_n:(k + 1) * win_n])
+                          for k in range(min(n_full, cfg["max_windows"]))]
+                stats["windowed_files"] += 1
+            else:
+                pieces = [("", wave)]
+            base = bl.slug(f"{c.source}-{Path(c.relpath).with_suffix('').as_posix()}")
+            if base in used_ids:  # e.g. Wesnoth ships both mace.ogg and mace.wav
+                base = bl.slug(f"{c.source}-{c.relpath}")
+            used_ids.add(base)
+            for suffix, piece in pieces:
+                if bl.rms(piece) < bl.SILENCE_RMS:
+                    skip["silent_window"] += 1
+                    continue
+                cid = base + suffix
+                rel = f"audio/{cid}.flac"
+                bl.write_flac(tmp / rel, piece)
+                clips.append(dict(clip_id=cid, audio_path=rel, captions=c.captions,
+                                  label=c.label, group=c.family,
+                                  source=f"{SOURCES[c.source].package} {pkgs[c.source].version}",
+                                  license=SOURCES[c.source].license,
+                                  duration=round(piece.size / bl.SAMPLE_RATE, 4)))
+
+        # Drop tiny classes.
+        fam_sizes: dict[str, Counter] = defaultdict(Counter)
+        for r in clips:
+            fam_sizes[r["label"]][r["group"]] += 1
+        dropped_classes = {}
+        for label, fams in sorted(fam_sizes.items()):
+            n = sum(fams.values())
+            if n < cfg["min_clips"]:
+                dropped_classes[label] = {"clips": n, "families": len(fams)}
+        for r in clips:
+            if r["label"] in dropped_classes:
+                (tmp / r["audio_path"]).unlink()
+        clips = [r for r in clips if r["label"] not in dropped_classes]
+        for label in dropped_classes:
+            fam_sizes.pop(label)
+        if not clips:
+            raise RuntimeError("no clip survived the filters; check the rules table and sources")
+
+        assign = split_families({k: dict(v) for k, v in fam_sizes.items()}, seed)
+        per_split = defaultdict(list)
+        for r in clips:
+            per_split[assign[r["group"]]].append(ClipRecord(**r))
+        for split in ("train", "val", "test"):
+            recs = sorted(per_split[split], key=lambda r: r.clip_id)
+            write_manifest(recs, tmp / f"{split}.jsonl")
+
+        used = [dict(package=s.package, version=pkgs[s.key].version, license=s.license,
+                     upstream=s.upstream) for s in specs]
+        (tmp / "LICENSE.md").write_text(bl.license_markdown(
+            f"DebSFX ({cfg['name']})",
+            "Sound effects from Debian game-data packages, transcoded to 32 kHz mono FLAC and "
+            "(long ambiences) cut into windows. Captions are template paraphrases written for "
+            "mltm from the file names (data_scripts/rules/debsfx_rules.tsv), not human "
+            "annotations. CC-BY-SA-3.0 material stays under CC-BY-SA-3.0 and GPL-2+ material "
+            "under GPL-2+: redistribute only with this attribution and under the same terms.",
+            used, {s.package: copyright_text(trees[s.key][1], s.package) for s in specs}))
+
+        durations = [r["duration"] for r in clips]
+        info = dict(
+            name=cfg["name"], builder="data_scripts/build_debsfx.py", settings_key=key,
+            settings=settings, created=bl.utc_now(), commit=bl.git_commit(),
+            build_seconds=round(time.time() - t0, 1),
+            packages=[pkgs[s.key].as_dict() for s in specs],
+            counts=dict(clips=len(clips), classes=len(fam_sizes),
+                        families=len(assign), captions=sum(len(r["captions"]) for r in clips),
+                        **{f"{s}_clips": len(per_split[s]) for s in ("train", "val", "test")}),
+            total_minutes=round(sum(durations) / 60, 2),
+            filters=dict(stats, **{f"skipped_{k}": v for k, v in skip.items()}),
+            dropped_classes=dropped_classes,
+            audio_bytes=bl.dir_bytes(tmp / "audio"),
+        )
+        bl.write_json_atomic(tmp / bl.BUILD_INFO, info)
+    bl.log(f"[debsfx] wrote {out} : {info['counts']} in {info['build_seconds']} s")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=sorted(SIZES), default="ci")
+    ap.add_argument("--out", type=Path, help="output directory (default $MLTM_DATA/<name>)")
+    ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-windows", type=int)
+    ap.add_argument("--max-per-class", type=int, help="0 = no cap")
+    ap.add_argument("--min-clips", type=int)
+    args = ap.parse_args(argv)
+    build(args.size, args.out, force=args.force, seed=args.seed, max_windows=args.max_windows,
+          max_per_class=args.max_per_class, min_clips=args.min_clips)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
