@@ -20,6 +20,37 @@ _EXPORTS: dict[str, str] = {
     "resolve_audio_path": "manifest",
     "validate_manifest": "manifest",
     "write_manifest": "manifest",
+    # front end
+    "HasFrontEndConfig": "frontend",
+    "LogMelConfig": "frontend",
+    "LogMelFrontEnd": "frontend",
+    "frontend_config_of": "frontend",
+    # audio loading
+    "SKIP_REASONS": "audio",
+    "AudioLoadError": "audio",
+    "SkipReport": "audio",
+    "crop_waveform": "audio",
+    "load_audio": "audio",
+    "pad_right": "audio",
+    "probe_audio": "audio",
+    # augmentation
+    "SpecAugment": "specaugment",
+    # dataset
+    "AudioCaptionDataset": "dataset",
+    "AudioTextCollator": "dataset",
+    "SkippedItem": "dataset",
+    "dataset_dir": "dataset",
+    "missing_dataset_message": "dataset",
+    # sampling, noise, cache
+    "UniqueClipBatchSampler": "sampler",
+    "NoisyCorrespondence": "noise",
+    "corrupt_pairs": "noise",
+    "FeatureCache": "cache",
+    # converters for the paper's datasets
+    "ConversionReport": "converters",
+    "prepare_audiocaps": "converters",
+    "prepare_clotho": "converters",
+    "prepare_esc50": "converters",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -39,6 +70,35 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for static analysers only
+    from mltm.data.audio import (  # noqa: F401
+        SKIP_REASONS,
+        AudioLoadError,
+        SkipReport,
+        crop_waveform,
+        load_audio,
+        pad_right,
+        probe_audio,
+    )
+    from mltm.data.cache import FeatureCache  # noqa: F401
+    from mltm.data.converters import (  # noqa: F401
+        ConversionReport,
+        prepare_audiocaps,
+        prepare_clotho,
+        prepare_esc50,
+    )
+    from mltm.data.dataset import (  # noqa: F401
+        AudioCaptionDataset,
+        AudioTextCollator,
+        SkippedItem,
+        dataset_dir,
+        missing_dataset_message,
+    )
+    from mltm.data.frontend import (  # noqa: F401
+        HasFrontEndConfig,
+        LogMelConfig,
+        LogMelFrontEnd,
+        frontend_config_of,
+    )
     from mltm.data.manifest import (  # noqa: F401
         MAX_CAPTIONS,
         SPLITS,
@@ -50,3 +110,6 @@ if TYPE_CHECKING:  # pragma: no cover - for static analysers only
         validate_manifest,
         write_manifest,
     )
+    from mltm.data.noise import NoisyCorrespondence, corrupt_pairs  # noqa: F401
+    from mltm.data.sampler import UniqueClipBatchSampler  # noqa: F401
+    from mltm.data.specaugment import SpecAugment  # noqa: F401

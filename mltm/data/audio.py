@@ -26,11 +26,13 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio
+
+if TYPE_CHECKING:  # torch is imported where needed, so the converters run without it
+    import torch
 
 __all__ = [
     "SKIP_REASONS",
@@ -194,6 +196,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
     Raises:
         AudioLoadError: If the file cannot be used (see :data:`SKIP_REASONS`).
     """
+    import torch
+    import torchaudio
+
     path = Path(path)
     expected = probe_audio(path)
     try:
@@ -231,6 +236,8 @@ def crop_waveform(
         The cropped tensor (a view) and the offset used. Shorter inputs are returned as they
         are with offset 0 (padding happens when batching, see :func:`pad_right`).
     """
+    import torch
+
     n = waveform.shape[-1]
     if max_samples is None or n <= max_samples:
         return waveform, 0
@@ -260,6 +267,8 @@ def pad_right(
     Returns:
         ``(batch, lengths)``: shape ``[B, ..., length]`` and the true lengths ``[B]`` (int64).
     """
+    import torch
+
     if not tensors:
         raise ValueError("pad_right needs at least one tensor")
     lengths = torch.tensor([t.shape[-1] for t in tensors], dtype=torch.long)
