@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mltm.ot import sinkhorn, sinkhorn_plan_vjp
+from mltm.profiling import saved_tensor_bytes
 
 F64 = torch.float64
 
@@ -73,25 +74,12 @@ def test_vjp_transposed_problem_is_consistent(gen):
     torch.testing.assert_close(gb + shift, gat)
 
 
-def _saved_bytes(fn):
-    """Bytes autograd keeps for the backward of fn() (distinct storages)."""
-    seen = {}
-
-    def pack(t):
-        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(seen.values())
-
-
 def test_implicit_backward_state_is_one_plan_whatever_the_iterations(gen):
     C = torch.rand(256, 256, generator=gen).requires_grad_()
     sizes = []
     for n_iter in (20, 200):
-        _, nbytes = _saved_bytes(lambda: sinkhorn(C, 0.05, tol=None, max_iter=n_iter))
+        _, nbytes = saved_tensor_bytes(lambda: sinkhorn(C, 0.05, tol=None, max_iter=n_iter))
         sizes.append(nbytes)
     assert sizes[0] == sizes[1] == 256 * 256 * 4  # exactly the float32 plan
-    _, unrolled = _saved_bytes(lambda: sinkhorn(C, 0.05, tol=None, max_iter=20, grad="unroll"))
+    _, unrolled = saved_tensor_bytes(lambda: sinkhorn(C, 0.05, tol=None, max_iter=20, grad="unroll"))
     assert unrolled > 20 * 256 * 256 * 4  # unrolling keeps at least one n x m tensor per iteration
