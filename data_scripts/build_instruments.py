@@ -53,7 +53,7 @@ if __package__ in (None, ""):
 from data_scripts import buildlib as bl  # noqa: E402
 from data_scripts.debian import copyright_text, data_root, fetch_deb, unpack  # noqa: E402
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: flush voices between clips
 GM_TABLE = Path(__file__).resolve().parent / "rules" / "gm_instruments.tsv"
 CLIP_SECONDS = 4.0
 
@@ -208,8 +208,11 @@ class Renderer:
 
     def render(self, p: Phrase, seconds: float = CLIP_SECONDS) -> np.ndarray:
         s = self.synth
+        # Silence the previous clip and render its ~10 ms fade-out into the void, so no
+        # sound of one clip leaks into the next (the render is then a pure function of p).
         s.sounds_off(0)
         s.control_change(0, 121, 0)  # reset all controllers
+        s.generate_simple(int(0.1 * self.sr))
         s.program_select(0, self.sfid, 0, p.instrument.program)
         events = []
         for on, off, key, vel in p.notes():

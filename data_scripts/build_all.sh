@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Build the three stand-in datasets into $MLTM_DATA (default <repo>/data), validate every
+# manifest, and write results/data/stats_<mode>.json.
+#
+#   bash data_scripts/build_all.sh ci     # debsfx-ci, instruments-ci, tuxpaint-zs  (~0.6 GB download)
+#   bash data_scripts/build_all.sh full   # debsfx, instruments, tuxpaint-zs        (~2.5 GB download)
+#
+# Needs a Debian-like system with apt-get/dpkg-deb (packages are downloaded with
+# `apt-get download` and unpacked without installing; `apt-get update` is run when a package
+# cannot be found). Downloads and unpacked audio are cached in $MLTM_CACHE (default
+# ~/.cache/mltm); a dataset that is already built with the same settings is not rebuilt, so a
+# second run takes seconds. Set PYTHON to choose the interpreter (default: the repo's .venv).
+set -euo pipefail
+
+mode="${1:-}"
+if [[ "$mode" != "ci" && "$mode" != "full" ]]; then
+    echo "usage: bash data_scripts/build_all.sh {ci|full}" >&2
+    exit 2
+fi
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+export MLTM_DATA="${MLTM_DATA:-$repo/data}"
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x "$repo/.venv/bin/python" ]]; then PYTHON="$repo/.venv/bin/python"; else PYTHON=python3; fi
+fi
+for tool in dpkg-deb tar; do
+    command -v "$tool" >/dev/null || { echo "error: $tool not found (these builders need Debian's dpkg tools)" >&2; exit 2; }
+done
+
+if [[ "$mode" == ci ]]; then
+    names=(debsfx-ci instruments-ci tuxpaint-zs)
+else
+    names=(debsfx instruments tuxpaint-zs)
+fi
+builders=(build_debsfx.py build_instruments.py build_tuxpaint_zeroshot.py)
+
+declare -a secs
+t_all=$(date +%s.%N)
+for i in 0 1 2; do
+    echo "== ${builders[$i]} --size $mode -> ${names[$i]}" >&2
+    t0=$(date +%s.%N)
+    "$PYTHON" "data_scripts/${builders[$i]}" --size "$mode"
+    secs[$i]=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+done
+
+echo "== validating manifests" >&2
+status=0
+for n in "${names[@]}"; do
+    "$PYTHON" -m mltm.data.manifest validate "$MLTM_DATA/$n" || status=1
+done
+if [[ $status -ne 0 ]]; then
+    echo "error: some manifests did not validate (see above)" >&2
+    exit 1
+fi
+
+"$PYTHON" data_scripts/dataset_stats.py --config "$mode" >/dev/null
+
+echo
+printf '%-16s %10s %10s %10s\n' dataset "disk" "seconds" "clips"
+for i in 0 1 2; do
+    d="$MLTM_DATA/${names[$i]}"
+    clips=$(cat "$d"/*.jsonl | wc -l)
+    printf '%-16s %10s %10s %10s\n' "${names[$i]}" "$(du -sh "$d" | cut -f1)" "${secs[$i]}" "$clips"
+done
+cache="${MLTM_CACHE:-$HOME/.cache/mltm}"
+echo "cache $cache: $(du -sh "$cache" 2>/dev/null | cut -f1)"
+awk -v a="$t_all" -v b="$(date +%s.%N)" 'BEGIN{printf "total: %.1f s\n", b-a}'
+echo "stats: results/data/stats_$mode.json"
