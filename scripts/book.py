@@ -122,7 +122,7 @@ def build(executed: Path) -> None:
         (stage / "book" / "chapters" / f"{chapter.stem}.md").unlink()
         shutil.copy2(nb_path, stage / "book" / "chapters" / nb_path.name)
     cmd = [
-        sys.executable, "-m", "jupyter_book", "build", str(stage), "--path-output", str(BUILD),
+        str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage), "--path-output", str(ROOT),
         "-W", "-n", "--keep-going", "--all",
     ]
     subprocess.run(cmd, check=True)
