@@ -114,6 +114,11 @@ class AudioCaptionDataset(Dataset):
         noise: Noisy-correspondence ratio ξ in ``[0, 1)``, or a precomputed
             :class:`NoisyCorrespondence`; training split and pairs view only.
         noise_seed: Seed of the corruption (fixed for the run).
+        noise_by: Keys (see :meth:`pair_keys`) in which a replacement caption's pair must
+            differ from the corrupted pair (default: its clip; ``("clip", "group")`` also
+            keeps captions of the same sound family out). In addition, the replacement text
+            is never one of the corrupted clip's own captions, so the pair is really wrong
+            even on datasets where several clips share a caption text.
         spec_augment: SpecAugment applied to features in training (``output="features"``
             only; with waveforms the model applies it after its front end).
         cache: A :class:`FeatureCache` or a cache directory (``output="features"`` only).
@@ -138,6 +143,7 @@ class AudioCaptionDataset(Dataset):
         train: bool | None = None,
         noise: float | NoisyCorrespondence | None = None,
         noise_seed: int = 0,
+        noise_by: tuple[str, ...] = ("clip",),
         spec_augment: SpecAugment | None = None,
         cache: FeatureCache | str | os.PathLike | None = None,
         seed: int = 0,
@@ -208,6 +214,7 @@ class AudioCaptionDataset(Dataset):
         #: Clip index of each caption in :meth:`all_captions` order (same as ``pair_clip``).
         self.caption_clip = self.pair_clip
         clean = [records[c].captions[k] for c, k in self.pairs]
+        self._clean_captions = clean
 
         self.noise: NoisyCorrespondence | None = None
         if noise is not None and (isinstance(noise, NoisyCorrespondence) or noise > 0):
@@ -223,7 +230,9 @@ class AudioCaptionDataset(Dataset):
                     )
                 self.noise = noise
             else:
-                self.noise = corrupt_pairs(self.pair_clip, noise, noise_seed, split=split)
+                self.noise = corrupt_pairs(self.pair_keys(noise_by, clean=True), noise,
+                                           noise_seed, split=split,
+                                           accept=self._not_own_caption())
         #: Caption of each pair as trained on (corrupted where ``noise.corrupted``).
         self.pair_captions: list[str] = self.noise.apply(clean) if self.noise else clean
 
@@ -243,6 +252,51 @@ class AudioCaptionDataset(Dataset):
         ``caption_clip[i]`` is the clip of caption ``i``. Never corrupted, whatever ``noise``.
         """
         return [c for r in self.records for c in r.captions]
+
+    def _not_own_caption(self):
+        """Return ``accept(pairs, sources)``: the source's text is no caption of the pair's clip."""
+        text = self.pair_keys("caption", clean=True)[:, 0]
+        n_text = int(text.max()) + 1
+        own = np.unique(self.pair_clip * n_text + text)  # (clip, text) codes that are correct
+
+        def accept(pairs: np.ndarray, sources: np.ndarray) -> np.ndarray:
+            return ~np.isin(self.pair_clip[pairs] * n_text + text[sources], own)
+
+        return accept
+
+    def pair_keys(self, by: tuple[str, ...] | str = ("clip",), *, clean: bool = False) -> np.ndarray:
+        """Return integer keys of every pair, shape ``[num_pairs, len(by)]``.
+
+        Pass them to :class:`~mltm.data.sampler.UniqueClipBatchSampler` to keep each key
+        unique within a batch, e.g. ``("clip", "caption")`` so that neither the same audio nor
+        the same caption text appears twice.
+
+        Args:
+            by: Any of ``"clip"``, ``"group"``, ``"label"`` (a clip without group/label gets a
+                key of its own) and ``"caption"`` (equal caption texts share a key).
+            clean: Use the clean captions for ``"caption"`` (default: as trained on).
+        """
+        by = (by,) if isinstance(by, str) else tuple(by)
+        cols = []
+        for name in by:
+            if name == "clip":
+                cols.append(self.pair_clip)
+            elif name in ("group", "label"):
+                ids: dict[object, int] = {}
+                per_clip = [
+                    ids.setdefault(v if v is not None else ("clip", ci), len(ids))
+                    for ci, v in enumerate(getattr(r, name) for r in self.records)
+                ]
+                cols.append(np.asarray(per_clip, dtype=np.int64)[self.pair_clip])
+            elif name == "caption":
+                texts = self._clean_captions if clean else self.pair_captions
+                ids = {}
+                cols.append(np.array([ids.setdefault(t, len(ids)) for t in texts], np.int64))
+            else:
+                raise ValueError(
+                    f"unknown key {name!r}; use 'clip', 'group', 'label' or 'caption'"
+                )
+        return np.stack(cols, axis=1)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch (random crops and masks depend on ``(seed, epoch, index)``).

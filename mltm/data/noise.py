@@ -20,7 +20,7 @@ Only training data is ever corrupted: asking for another split raises an error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,23 +77,30 @@ def corrupt_pairs(
     seed: int,
     *,
     split: str = "train",
+    accept: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> NoisyCorrespondence:
     """Draw the noisy correspondence of a training set.
 
     Args:
         pair_clip: For each pair, the index of its clip, shape ``[N]`` (pairs of the same clip
-            share audio, so a caption moved between them would still be correct).
+            share audio, so a caption moved between them would still be correct). May also
+            be ``[N, K]`` keys: the source pair must then differ from the corrupted pair in
+            every column (e.g. clip and caption text, so that the caption really changes on
+            datasets where several clips share a caption).
         ratio: Corruption probability ξ, in ``[0, 1)``.
         seed: Seed of the draw; the same seed gives the same corruption.
         split: The split being corrupted. Anything but ``"train"`` is an error: validation
             and test data are never corrupted.
+        accept: Optional extra rule, vectorised: ``accept(pairs, sources)`` returns a boolean
+            array saying whether each source may replace each pair's caption (the dataset
+            uses it to refuse a text that is one of the corrupted clip's own captions).
 
     Returns:
         The corruption (mask ``z`` and source pair of each caption).
 
     Raises:
-        ValueError: On a non-train split, a ratio outside ``[0, 1)``, or when corruption is
-            requested but all pairs belong to a single clip.
+        ValueError: On a non-train split, a ratio outside ``[0, 1)``, or when a corrupted pair
+            has no possible source (e.g. every pair belongs to the same clip).
     """
     if split != "train":
         raise ValueError(
@@ -103,24 +110,33 @@ def corrupt_pairs(
     ratio = float(ratio)
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"noise ratio must be in [0, 1), got {ratio}")
-    clip = np.asarray(pair_clip, dtype=np.int64)
-    if clip.ndim != 1:
-        raise ValueError("pair_clip must be one-dimensional")
-    n = clip.shape[0]
+    keys = np.asarray(pair_clip, dtype=np.int64)
+    if keys.ndim == 1:
+        keys = keys[:, None]
+    if keys.ndim != 2:
+        raise ValueError("pair_clip must have shape [N] or [N, K]")
+    n = keys.shape[0]
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x6E6F697A]))
     corrupted = rng.random(n) < ratio
     source = np.arange(n, dtype=np.int64)
-    idx = np.flatnonzero(corrupted)
-    if idx.size:
-        if np.unique(clip).size < 2:
-            raise ValueError("cannot corrupt pairs: every pair belongs to the same clip")
-        # Draw a source pair uniformly among all pairs; redraw those that hit the same clip.
-        todo = idx
-        while todo.size:
-            draw = rng.integers(0, n, size=todo.size)
-            ok = clip[draw] != clip[todo]
-            source[todo[ok]] = draw[ok]
-            todo = todo[~ok]
+    todo = np.flatnonzero(corrupted)
+    # Draw a source pair uniformly among all pairs; redraw those that share a key. Each
+    # round succeeds with probability (#valid sources)/N, so 2000 rounds only fail when a
+    # pair has (almost) no valid source.
+    for _ in range(2000):
+        if not todo.size:
+            break
+        draw = rng.integers(0, n, size=todo.size)
+        ok = np.all(keys[draw] != keys[todo], axis=1)
+        if accept is not None:
+            ok &= np.asarray(accept(todo, draw), dtype=bool)
+        source[todo[ok]] = draw[ok]
+        todo = todo[~ok]
+    if todo.size:
+        raise ValueError(
+            f"cannot corrupt pair {int(todo[0])}: (almost) every other pair shares its clip "
+            "or key (or is refused by `accept`), so there is no caption to replace it with"
+        )
     corrupted.setflags(write=False)
     source.setflags(write=False)
     return NoisyCorrespondence(ratio=ratio, seed=int(seed), corrupted=corrupted, source=source)

@@ -3,7 +3,10 @@
 Contrastive, triplet and OT losses treat every off-diagonal pair of a batch as a negative.
 When a clip has several captions (Clotho: 5 per clip in training) and two of them land in
 the same batch, the reference code scores a correct audio-caption pair as a negative (a
-false negative). :class:`UniqueClipBatchSampler` prevents that.
+false negative). :class:`UniqueClipBatchSampler` prevents that. It can also keep other keys
+unique (give it ``[N, K]`` keys, e.g. ``dataset.pair_keys(("clip", "caption"))``): on
+datasets where different clips share a caption text, two identical captions in a batch are
+false negatives too.
 
 **Algorithm** (one epoch): shuffle all pair indices with a generator seeded by
 ``(seed, epoch)``; walk through them, appending each pair to the current batch unless its
@@ -34,7 +37,8 @@ class UniqueClipBatchSampler(Sampler[list[int]]):
     Use it as ``DataLoader(dataset, batch_sampler=sampler, collate_fn=...)``.
 
     Args:
-        pair_clip: Clip index of each pair (``dataset.pair_clip``), shape ``[N]``.
+        pair_clip: Clip index of each pair (``dataset.pair_clip``), shape ``[N]``; or keys of
+            shape ``[N, K]``, each column of which must be unique within a batch.
         batch_size: Pairs per batch.
         seed: Seed; batches depend only on ``(seed, epoch)``.
         shuffle: Shuffle pairs each epoch (False: keep index order, still deferring
@@ -45,8 +49,8 @@ class UniqueClipBatchSampler(Sampler[list[int]]):
     :meth:`set_epoch` to choose it (e.g. when resuming).
 
     Raises:
-        ValueError: If ``batch_size < 1``, or if ``drop_last`` and there are fewer distinct
-            clips than ``batch_size`` (no full batch is possible).
+        ValueError: If ``batch_size < 1``, or if ``drop_last`` and some key column has fewer
+            distinct values than ``batch_size`` (no full batch is possible).
     """
 
     def __init__(
@@ -58,16 +62,19 @@ class UniqueClipBatchSampler(Sampler[list[int]]):
         shuffle: bool = True,
         drop_last: bool = False,
     ) -> None:
-        self.pair_clip = np.asarray(pair_clip, dtype=np.int64)
-        if self.pair_clip.ndim != 1:
-            raise ValueError("pair_clip must be one-dimensional")
+        keys = np.asarray(pair_clip, dtype=np.int64)
+        if keys.ndim == 1:
+            keys = keys[:, None]
+        if keys.ndim != 2:
+            raise ValueError("pair_clip must have shape [N] or [N, K]")
+        self.keys = keys
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        n_clips = np.unique(self.pair_clip).size
-        if drop_last and n_clips < batch_size:
+        n_distinct = min(np.unique(keys[:, k]).size for k in range(keys.shape[1]))
+        if drop_last and n_distinct < batch_size:
             raise ValueError(
-                f"batch_size {batch_size} exceeds the {n_clips} distinct clips, so with "
-                "drop_last=True no batch would be yielded; lower batch_size"
+                f"batch_size {batch_size} exceeds the {n_distinct} distinct clips (or keys), "
+                "so with drop_last=True no batch would be yielded; lower batch_size"
             )
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -84,41 +91,46 @@ class UniqueClipBatchSampler(Sampler[list[int]]):
         """Return the batches of ``epoch`` (without advancing the epoch counter)."""
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
-        n = self.pair_clip.shape[0]
+        n = self.keys.shape[0]
         if self.shuffle:
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch)]))
             order = rng.permutation(n)
         else:
             order = np.arange(n)
-        clip = self.pair_clip
+        keys = [tuple(row) for row in self.keys.tolist()]
+        n_cols = self.keys.shape[1]
         out: list[list[int]] = []
         waiting: deque[int] = deque()
         batch: list[int] = []
-        in_batch: set[int] = set()
+        in_batch: list[set[int]] = [set() for _ in range(n_cols)]
+
+        def clashes(j: int) -> bool:
+            return any(v in seen for v, seen in zip(keys[j], in_batch))
+
+        def add(j: int) -> None:
+            batch.append(j)
+            for v, seen in zip(keys[j], in_batch):
+                seen.add(v)
 
         def close() -> None:
             nonlocal batch, in_batch
             out.append(batch)
-            batch, in_batch = [], set()
+            batch, in_batch = [], [set() for _ in range(n_cols)]
             # Waiting pairs go first into the new batch (those that still clash keep waiting).
             for _ in range(len(waiting)):
                 j = waiting.popleft()
-                c = int(clip[j])
-                if c in in_batch or len(batch) == self.batch_size:
+                if clashes(j) or len(batch) == self.batch_size:
                     waiting.append(j)
                 else:
-                    batch.append(j)
-                    in_batch.add(c)
+                    add(j)
             if len(batch) == self.batch_size:
                 close()
 
         for j in order.tolist():
-            c = int(clip[j])
-            if c in in_batch:
+            if clashes(j):
                 waiting.append(j)
                 continue
-            batch.append(j)
-            in_batch.add(c)
+            add(j)
             if len(batch) == self.batch_size:
                 close()
         while waiting:

@@ -222,3 +222,29 @@ def test_built_datasets_load(built_datasets):
         n = min(len(ds), 4)
         b = ds.collate_fn([ds[i] for i in range(n)])
         assert b["audio"].shape[0] == n and np.isfinite(b["audio"].numpy()).all()
+
+
+def test_pair_keys_and_shared_captions(tmp_path, tone):
+    # four clips, two families; captions shared within a family (like the CI SFX sets)
+    for i in range(4):
+        tone(tmp_path / f"{i}.wav", seconds=0.1, sr=SR)
+    fam = ["water", "water", "dog", "dog"]
+    recs = [ClipRecord(f"c{i}", f"{i}.wav", (f"{fam[i]} sound", f"a {fam[i]}"), group=fam[i],
+                       label=None if i == 3 else fam[i]) for i in range(4)]
+    write_manifest(recs, tmp_path / "train.jsonl")
+    ds = AudioCaptionDataset(tmp_path, "train", frontend=CFG)
+    k = ds.pair_keys(("clip", "group", "label", "caption"))
+    assert k.shape == (8, 4)
+    assert k[:, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert len(set(k[:, 1])) == 2 and len(set(k[:, 2])) == 3  # clip 3 has no label: own key
+    assert k[0, 3] == k[2, 3] and k[0, 3] != k[1, 3]  # same text, same key
+    with pytest.raises(ValueError, match="unknown key 'colour'"):
+        ds.pair_keys("colour")
+    for seed in range(5):
+        noisy = AudioCaptionDataset(tmp_path, "train", frontend=CFG, noise=0.5, noise_seed=seed)
+        for i in np.flatnonzero(noisy.noise.corrupted):
+            own = noisy.records[noisy.pairs[i][0]].captions
+            assert noisy.pair_captions[i] not in own  # the text really changes
+    sampler = UniqueClipBatchSampler(ds.pair_keys(("clip", "caption")), 4, seed=0)
+    for b in sampler:
+        assert len({ds.pair_captions[i] for i in b}) == len(b)

@@ -56,5 +56,25 @@ def test_zero_ratio_and_errors():
     for bad in (1.0, -0.1, 1.5):
         with pytest.raises(ValueError, match=r"in \[0, 1\)"):
             corrupt_pairs(clip, bad, 0)
-    with pytest.raises(ValueError, match="same clip"):
+    with pytest.raises(ValueError, match="shares its clip"):
         corrupt_pairs(np.zeros(20, int), 0.5, 0)
+
+
+def test_multiple_keys_must_all_differ():
+    clip = np.arange(400)
+    text = clip % 4  # four caption texts shared by many clips
+    nc = corrupt_pairs(np.stack([clip, text], axis=1), 0.5, 0)
+    z = nc.corrupted
+    assert z.sum() > 100
+    assert np.all(text[nc.source[z]] != text[z]) and np.all(clip[nc.source[z]] != clip[z])
+    # with the clip key alone, some replacements keep the same text (~1/4 of them)
+    same = corrupt_pairs(clip, 0.5, 0)
+    assert np.mean(text[same.source[same.corrupted]] == text[same.corrupted]) > 0.1
+
+
+def test_accept_rule_is_applied():
+    clip = np.arange(300)
+    nc = corrupt_pairs(clip, 0.5, 1, accept=lambda i, j: (j % 2) == 0)
+    assert np.all(nc.source[nc.corrupted] % 2 == 0) and nc.num_corrupted > 100
+    with pytest.raises(ValueError, match="refused by `accept`"):
+        corrupt_pairs(clip, 0.5, 1, accept=lambda i, j: np.zeros(len(i), bool))

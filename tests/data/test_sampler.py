@@ -89,3 +89,18 @@ def test_works_as_dataloader_batch_sampler():
         assert batch[:, 1].unique().numel() == batch.shape[0]
         seen.update(batch[:, 0].tolist())
     assert set(seen) == set(range(clip.size)) and set(seen.values()) == {1}
+
+
+def test_several_keys_each_unique_in_a_batch():
+    rng = np.random.default_rng(5)
+    clip = np.repeat(np.arange(80), 4)
+    text = rng.integers(0, 40, clip.size)  # caption texts shared between clips
+    keys = np.stack([clip, text], axis=1)
+    s = UniqueClipBatchSampler(keys, 12, seed=3)
+    batches = list(s)
+    assert sorted(i for b in batches for i in b) == list(range(clip.size))
+    for b in batches:
+        assert len(set(clip[b])) == len(b) and len(set(text[b])) == len(b)
+    assert np.mean([len(b) == 12 for b in batches]) > 0.8
+    with pytest.raises(ValueError, match="exceeds the 3 distinct"):
+        UniqueClipBatchSampler(np.stack([clip, clip % 3], 1), 4, drop_last=True)
