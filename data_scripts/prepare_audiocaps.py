@@ -20,6 +20,7 @@ from mltm.data.converters import _cli, prepare_audiocaps  # noqa: E402
 
 
 def main(argv=None) -> int:
+    """Run the converter on ``argv`` (default: the command line); return the exit status."""
     def extra(p):
         p.add_argument("--splits", nargs="+", default=["train", "val", "test"],
                        choices=["train", "val", "test"], help="splits to convert")

@@ -20,6 +20,7 @@ from mltm.data.converters import _cli, prepare_clotho  # noqa: E402
 
 
 def main(argv=None) -> int:
+    """Run the converter on ``argv`` (default: the command line); return the exit status."""
     return _cli(
         "prepare_clotho.py", "Convert Clotho v2 to OUT/{train,val,test}.jsonl.", argv,
         lambda a: prepare_clotho(a.src, a.out, absolute_paths=a.absolute_paths),

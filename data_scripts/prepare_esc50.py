@@ -29,6 +29,7 @@ def _folds(values):
 
 
 def main(argv=None) -> int:
+    """Run the converter on ``argv`` (default: the command line); return the exit status."""
     def extra(p):
         p.add_argument("--folds", nargs="+", default=["5"],
                        help="folds to include (1-5, or 'all'); default 5 (400 clips)")

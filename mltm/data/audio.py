@@ -204,7 +204,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioLoadError("truncated", path, f"decoding failed after a good header: {e}") from None
+        detail = f"decoding failed after a good header: {e}"
+        raise AudioLoadError("truncated", path, detail) from None
     if data.shape[0] == 0:
         raise AudioLoadError("empty", path, "no samples decoded")
     if data.shape[0] < expected:

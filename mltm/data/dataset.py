@@ -38,7 +38,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mltm.data.audio import AudioLoadError, SkipReport, crop_waveform, load_audio, pad_right, probe_audio
+from mltm.data.audio import (
+    AudioLoadError,
+    SkipReport,
+    crop_waveform,
+    load_audio,
+    pad_right,
+    probe_audio,
+)
 from mltm.data.cache import FeatureCache
 from mltm.data.frontend import HasFrontEndConfig, LogMelConfig, LogMelFrontEnd, frontend_config_of
 from mltm.data.manifest import SPLITS, ClipRecord, read_manifest, resolve_audio_path
@@ -264,7 +271,9 @@ class AudioCaptionDataset(Dataset):
 
         return accept
 
-    def pair_keys(self, by: tuple[str, ...] | str = ("clip",), *, clean: bool = False) -> np.ndarray:
+    def pair_keys(
+        self, by: tuple[str, ...] | str = ("clip",), *, clean: bool = False
+    ) -> np.ndarray:
         """Return integer keys of every pair, shape ``[num_pairs, len(by)]``.
 
         Pass them to :class:`~mltm.data.sampler.UniqueClipBatchSampler` to keep each key
@@ -413,6 +422,7 @@ class AudioTextCollator:
         self.pad_to_length = pad_to_length
 
     def __call__(self, items: list[dict[str, Any] | SkippedItem]) -> dict[str, Any]:
+        """Collate ``items`` (a list from the dataset) into one batch dict."""
         skipped = [(it.reason, it.path) for it in items if isinstance(it, SkippedItem)]
         good = [it for it in items if not isinstance(it, SkippedItem)]
         if not good:

@@ -105,11 +105,11 @@ class UniqueClipBatchSampler(Sampler[list[int]]):
         in_batch: list[set[int]] = [set() for _ in range(n_cols)]
 
         def clashes(j: int) -> bool:
-            return any(v in seen for v, seen in zip(keys[j], in_batch))
+            return any(v in seen for v, seen in zip(keys[j], in_batch, strict=True))
 
         def add(j: int) -> None:
             batch.append(j)
-            for v, seen in zip(keys[j], in_batch):
+            for v, seen in zip(keys[j], in_batch, strict=True):
                 seen.add(v)
 
         def close() -> None:

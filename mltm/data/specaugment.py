@@ -74,6 +74,7 @@ class SpecAugment(nn.Module):
         self.mask_value = mask_value
 
     def extra_repr(self) -> str:
+        """Describe the settings in the module's repr."""
         return (
             f"freq_mask_param={self.freq_mask_param}, n_freq_masks={self.n_freq_masks}, "
             f"time_mask_param={self.time_mask_param}, n_time_masks={self.n_time_masks}"

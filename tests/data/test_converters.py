@@ -1,4 +1,4 @@
-"""Tests for the AudioCaps, Clotho v2 and ESC-50 converters on tiny fixtures in the official layouts."""
+"""Tests for the AudioCaps, Clotho v2 and ESC-50 converters on tiny official-layout fixtures."""
 
 import csv
 import subprocess
@@ -43,7 +43,8 @@ def audiocaps(tmp_path, tone):
     _csv(src / "val.csv", AC_HEADER,
          [[10 + k, "val0001", 40, f"val caption {k}"] for k in range(5)]
          + [[20 + k, "val0002", 5, f"other caption {k}"] for k in range(5)])
-    _csv(src / "test.csv", AC_HEADER, [[30 + k, "tst0001", 0, f"test caption {k}"] for k in range(5)])
+    _csv(src / "test.csv", AC_HEADER,
+         [[30 + k, "tst0001", 0, f"test caption {k}"] for k in range(5)])
     # the three accepted namings, wav and flac
     tone(src / "audio" / "train" / "abc-123_x.wav", seconds=0.3)
     tone(src / "audio" / "train" / "Y-def456.flac", seconds=0.4, sr=44100)
@@ -62,7 +63,8 @@ def test_audiocaps(audiocaps, tmp_path):
     assert rep.num_skipped("train", "missing") == 1 and "missing1" in rep.summary()
     train = read_manifest(out / "train.jsonl")
     assert [r.clip_id for r in train] == ["abc-123_x", "-def456", "ghi789"]
-    assert train[1].audio_path.endswith("Y-def456.flac") and not Path(train[1].audio_path).is_absolute()
+    assert train[1].audio_path.endswith("Y-def456.flac")
+    assert not Path(train[1].audio_path).is_absolute()
     assert train[0].duration == pytest.approx(0.3) and train[0].source == "AudioCaps"
     val = read_manifest(out / "val.jsonl")
     assert val[0].captions == tuple(f"val caption {k}" for k in range(5))
@@ -185,5 +187,6 @@ def test_esc50_all_folds_template_and_errors(esc50, tmp_path):
     with pytest.raises(ValueError, match="category"):
         prepare_esc50(esc50, out, template="no field")
     _csv(esc50 / "meta" / "esc50.csv", ["filename", "fold", "category"], [["x.wav", 1, "dog"]])
-    with pytest.raises(ValueError, match="expected `filename,fold,target,category,esc10,src_file,take`"):
+    with pytest.raises(ValueError,
+                       match="expected `filename,fold,target,category,esc10,src_file,take`"):
         prepare_esc50(esc50, out)

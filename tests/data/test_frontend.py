@@ -15,7 +15,8 @@ def _hz_to_mel(f):
     f_sp = 200.0 / 3
     mel = f / f_sp
     min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
-    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-9) / min_log_hz) / logstep, mel)
+    log_part = min_log_mel + np.log(np.maximum(f, 1e-9) / min_log_hz) / logstep
+    return np.where(f >= min_log_hz, log_part, mel)
 
 
 def _mel_to_hz(m):
@@ -44,7 +45,8 @@ def _reference_logmel(x, cfg):
     xp = np.pad(x.astype(np.float64), pad, mode="reflect")
     n_frames = 1 + (xp.size - cfg.n_fft) // cfg.hop_length
     win = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(cfg.n_fft) / cfg.n_fft)  # periodic Hann
-    frames = np.stack([xp[t * cfg.hop_length : t * cfg.hop_length + cfg.n_fft] for t in range(n_frames)])
+    hop = cfg.hop_length
+    frames = np.stack([xp[t * hop : t * hop + cfg.n_fft] for t in range(n_frames)])
     power = np.abs(np.fft.rfft(frames * win, axis=1)) ** 2  # [frames, freqs]
     w, _ = _mel_filters(cfg)
     mel = power @ w.T  # [frames, n_mels]
@@ -92,7 +94,8 @@ def test_frame_count_and_batch_shapes():
     out = fe(x)
     assert out.shape == (2, 3, 64, 1001)  # PANNs: 10 s at 32 kHz -> 1001 frames
     assert fe.frames_for(10 * 32000) == 1001
-    assert torch.equal(cfg.frames_for(torch.tensor([0, 319, 320, 32000])), torch.tensor([1, 1, 2, 101]))
+    n = torch.tensor([0, 319, 320, 32000])
+    assert torch.equal(cfg.frames_for(n), torch.tensor([1, 1, 2, 101]))
     # each row of a batch equals the row computed alone
     torch.testing.assert_close(out[1, 2], fe(x[1, 2]), atol=1e-3, rtol=0)
     # very short input (reflect padding would fail) gives frames_for(n_fft//2 + 1)
