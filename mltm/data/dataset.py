@@ -29,6 +29,7 @@ workers are separate processes, so the batch is the way back).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,9 @@ class AudioCaptionDataset(Dataset):
         split: ``"train"``, ``"val"`` or ``"test"``.
         frontend: The audio encoder (anything with a ``frontend_config``) or a
             :class:`LogMelConfig`; None uses the paper's settings.
+        max_seconds: Clip length limit for this dataset (e.g. 30.0 for Clotho, None for no
+            limit), overriding the clip policy of ``frontend`` but not its feature settings;
+            ``"config"`` (default) keeps the config's ``max_seconds``.
         view: ``"pairs"`` (one item per caption) or ``"clips"`` (one item per clip).
         output: ``"waveform"`` or ``"features"`` (log-mel).
         train: Training behaviour (random crop, SpecAugment); default ``split == "train"``.
@@ -145,6 +149,7 @@ class AudioCaptionDataset(Dataset):
         split: str,
         *,
         frontend: LogMelConfig | HasFrontEndConfig | None = None,
+        max_seconds: float | None | Literal["config"] = "config",
         view: Literal["pairs", "clips"] = "pairs",
         output: Literal["waveform", "features"] = "waveform",
         train: bool | None = None,
@@ -179,6 +184,8 @@ class AudioCaptionDataset(Dataset):
         self.output = output
         self.train = split == "train" if train is None else bool(train)
         self.config = frontend_config_of(frontend)
+        if max_seconds != "config":
+            self.config = dataclasses.replace(self.config, max_seconds=max_seconds)
         self.seed = int(seed)
         self.epoch = 0
         if output == "waveform" and spec_augment is not None:

@@ -1,8 +1,8 @@
 """SpecAugment (frequency and time masking) for training, reproducible from a generator.
 
 The reference code (PANNs' ``SpecAugmentation``) masks 2 frequency stripes of width < 8 and
-2 time stripes of width < 64, in training only; these are the defaults here. The masks follow
-:func:`torchaudio.functional.mask_along_axis` (width ``floor(u * param)``, start
+2 time stripes of width < 64, in training only; these are the defaults here. The masks are
+drawn like :func:`torchaudio.functional.mask_along_axis` (width ``floor(u * param)``, start
 ``floor(v * (size - width))``, ``u, v ~ U[0, 1)``), but every random number comes from an
 explicit :class:`torch.Generator` and each example gets its own masks, so augmentations are
 reproducible and independent of the global RNG and of DataLoader worker scheduling

@@ -71,6 +71,8 @@ def test_crop_policy_train_random_eval_start(tmp_path, tone):
     full = AudioCaptionDataset(tmp_path, "val", frontend=dataclasses.replace(CFG, max_seconds=None),
                                view="clips")
     assert va[3]["offset"] == 0 and torch.equal(va[3]["audio"], full[3]["audio"][:8000])
+    longer = AudioCaptionDataset(tmp_path, "val", frontend=CFG, view="clips", max_seconds=1.0)
+    assert longer[3]["length"] == SR and longer.config.n_mels == CFG.n_mels
     centre = AudioCaptionDataset(tmp_path, "val", view="clips",
                                  frontend=dataclasses.replace(CFG, eval_crop="center"))
     assert centre[3]["offset"] == (full[3]["length"] - 8000) // 2
