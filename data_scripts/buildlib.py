@@ -53,11 +53,15 @@ def up_to_date(out_dir: Path, key: str) -> bool:
 
 
 def git_commit() -> str:
+    """HEAD's short hash, with "+dirty" when data_scripts/ has uncommitted changes."""
     repo = Path(__file__).resolve().parent.parent
     try:
         r = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo,
                            capture_output=True, text=True, timeout=10)
-        return r.stdout.strip() or "unknown"
+        commit = r.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "data_scripts"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
