@@ -41,8 +41,9 @@ class PartialSinkhornResult:
     Attributes:
         plan: Partial transport plan, same shape as ``C``; its total mass is ``mass``.
         n_iter: Number of iterations run.
-        error: POT's stopping quantity ``||log pi_k - log pi_{k-1}||_F`` per problem at the
-            last check (shape (B,) or ()), or ``None`` when ``tol`` is ``None``.
+        error: The stopping quantity per problem at the last check (shape (B,) or ()): the
+            L1 change, in mass units, of the plan's row and column sums between iterations;
+            ``None`` when ``tol`` is ``None``.
     """
 
     plan: torch.Tensor
@@ -85,35 +86,39 @@ def _iterate_partial(logK, log_a, log_b, log_mass, tol, max_iter, check_every):
     # POT starts from K * mass / sum(K): the normalisation is a scalar, so it goes into w.
     w = log_mass - torch.logsumexp(logK.flatten(1), dim=-1)
     q1, q2, q3 = zeros(B, n), zeros(B, m), zeros(B)
+    # Log row / column sums of the last plans, for the stopping test (see partial_sinkhorn).
+    rows_prev = rows_prev2 = cols_prev = cols_last = None
     err = None
     it = 0
     while it < max_iter:
         # Projection onto {pi 1 <= a}: rows above a are scaled down to a.
         u_a = u + q1
         row = torch.logsumexp(logK + v.unsqueeze(-2), dim=-1) + u_a + w.unsqueeze(-1)
+        rows_prev2, rows_prev = rows_prev, row - q1  # row sums of the previous plan, for free
         s1 = torch.clamp(log_a - row, max=0.0)
-        u_new, q1 = u_a + s1, -s1
+        u, q1 = u_a + s1, -s1
         # Projection onto {pi^T 1 <= b}.
         v_b = v + q2
-        col = torch.logsumexp(logK + u_new.unsqueeze(-1), dim=-2) + v_b + w.unsqueeze(-1)
+        col = torch.logsumexp(logK + u.unsqueeze(-1), dim=-2) + v_b + w.unsqueeze(-1)
         s2 = torch.clamp(log_b - col, max=0.0)
-        v_new, q2 = v_b + s2, -s2
+        v, q2 = v_b + s2, -s2
         # Projection onto {1^T pi 1 = mass}; the column sums after the column step are col + s2.
         total = torch.logsumexp(col + s2, dim=-1) + q3
         s3 = log_mass - total
-        w_new, q3 = w + q3 + s3, -s3
+        dw = q3 + s3
+        w, q3 = w + dw, -s3
+        # Log column sums of the new plan: the column step's sums, shifted by the mass step.
+        cols_prev, cols_last = cols_last, col + s2 + dw.unsqueeze(-1)
         it += 1
-        if tol is not None and (it % check_every == 0 or it == max_iter):
-            # ||Delta log pi||_F with Delta_ij = du_i + dv_j + dw, in O(n + m).
-            du = (u_new - u) + (w_new - w).unsqueeze(-1)
-            dv = v_new - v
-            sq = m * du.square().sum(-1) + n * dv.square().sum(-1) + 2 * du.sum(-1) * dv.sum(-1)
-            err = sq.detach().clamp(min=0).sqrt()
-            u, v, w = u_new, v_new, w_new
+        if tol is not None and (it % check_every == 0 or it == max_iter) and rows_prev2 is not None:
+            # L1 change (mass units) of the column sums of the last two plans and of the row
+            # sums of the two before; fixed marginals fix a plan of this form.
+            err = (
+                (cols_last.exp() - cols_prev.exp()).abs().sum(-1)
+                + (rows_prev.exp() - rows_prev2.exp()).abs().sum(-1)
+            ).detach()
             if err.max().item() < tol:
                 break
-        else:
-            u, v, w = u_new, v_new, w_new
     log_plan = logK + u.unsqueeze(-1) + v.unsqueeze(-2) + w[:, None, None]
     return log_plan, it, err
 
@@ -194,9 +199,14 @@ def partial_sinkhorn(
             () or (B,).
         a: Source weights, shape (n,) or (B, n), positive. Default uniform (sums to 1).
         b: Target weights, shape (m,) or (B, m), positive. Default uniform (sums to 1).
-        tol: Stop once ``||log pi_k - log pi_{k-1}||_F < tol`` (POT's criterion, computed
-            in O(n + m)) for every problem, checked every ``check_every`` iterations.
-            ``None``: exactly ``max_iter`` iterations, no host synchronisation.
+        tol: Stop once the row and column sums of the plan change by less than ``tol``
+            between iterations (L1, in mass units) for every problem, checked every
+            ``check_every`` iterations. A plan of the form ``exp(-C/eps + u + v + w)`` is fixed
+            by its row and column sums, so this is a fixed-point test; the sums come from the
+            log-sum-exps the iteration computes anyway. (POT's ``||log pi_k - log pi_{k-1}||_F``
+            is not used: float32 rounding of the log scalings keeps it above ~1e-4 at
+            b = 256, so a 1e-6 tolerance on it is never met in float32.) ``None``: exactly
+            ``max_iter`` iterations, no host synchronisation.
         max_iter: Maximum number of iterations (one iteration = the three projections).
         check_every: Iterations between convergence checks.
         cost_normalization: ``"none"`` or ``"max"`` (divide each cost by its maximum, as the

@@ -89,3 +89,15 @@ def test_keeps_dtype_device_and_shape(device, gen):
     C = torch.rand(2, 5, 7, generator=gen).to(device)
     P = partial_sinkhorn(C, 0.1, 0.5)
     assert P.shape == C.shape and P.dtype == C.dtype and P.device == C.device
+
+
+def test_float32_tolerance_is_reachable_and_meaningful(gen):
+    # The stopping test works in mass units, so a 1e-6 tolerance is met in float32 at b = 256
+    # and the plan it stops at is within 1e-6 of the float64 solution.
+    x = torch.nn.functional.normalize(torch.randn(256, 64, generator=gen, dtype=F64), dim=-1)
+    y = torch.nn.functional.normalize(x + 0.3 * torch.randn(256, 64, generator=gen, dtype=F64), dim=-1)
+    C = torch.cdist(x, y)
+    ref = partial_sinkhorn(C, 0.05, 0.8, tol=1e-14, max_iter=20_000)
+    res = partial_sinkhorn_log(C.float(), 0.05, 0.8, tol=1e-6)
+    assert res.n_iter < 1000 and res.error.item() < 1e-6
+    assert (res.plan.double() - ref).abs().max().item() < 1e-6
