@@ -1,5 +1,6 @@
 """Balanced Sinkhorn: plans against POT (float64), closed forms, marginals, batching, options."""
 
+import importlib
 import warnings
 
 import numpy as np
@@ -168,3 +169,42 @@ def test_numpy_marginals_are_accepted(gen):
     a = np.array([0.1, 0.2, 0.3, 0.4])
     P = sinkhorn(C, 0.1, a, tol=1e-12)
     torch.testing.assert_close(P.sum(1), torch.from_numpy(a), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("tol,max_iter", [(1e-6, 5000), (None, 137)])
+@pytest.mark.parametrize("case", ["embeddings", "underflowing-f32", "batched-f64", "wide-range"])
+def test_absorbed_iteration_equals_log_domain_iteration(case, tol, max_iter, gen):
+    # The matrix-vector ("absorbed") CPU path must run the same iteration as the log-sum-exp
+    # path: same iteration count, same plan up to rounding, including where exp(-C/eps)
+    # underflows and where re-absorption is needed (costs spanning 5/0.01 = 500 nats).
+    if case == "embeddings":
+        x = torch.nn.functional.normalize(torch.randn(128, 32, generator=gen), dim=-1)
+        C, eps = torch.cdist(x, torch.nn.functional.normalize(x + 0.3 * torch.randn(128, 32, generator=gen), dim=-1)), 0.05
+    elif case == "underflowing-f32":
+        C, eps = 1 + 0.7 * torch.rand(64, 64, generator=gen), 0.01
+    elif case == "batched-f64":
+        C, eps = torch.rand(3, 30, 50, generator=gen, dtype=F64), 0.02
+    else:
+        C, eps = 5 * torch.rand(40, 300, generator=gen), 0.01
+    with torch.no_grad():
+        fast = sinkhorn_log(C, eps, tol=tol, max_iter=max_iter, backend="absorbed")
+        ref = sinkhorn_log(C, eps, tol=tol, max_iter=max_iter, backend="torch")
+    assert fast.n_iter == ref.n_iter
+    atol = 1e-15 if C.dtype == F64 else 2e-7
+    torch.testing.assert_close(fast.plan, ref.plan, rtol=0, atol=atol)
+    if tol is not None:
+        assert fast.marginal_error.max().item() < tol
+
+
+def test_auto_backend_on_cpu_is_absorbed_without_grad_and_torch_with_grad(gen, monkeypatch):
+    # `mltm.ot.sinkhorn` the attribute is the function; fetch the module by name.
+    sk = importlib.import_module("mltm.ot.sinkhorn")
+
+    calls = []
+    for name in ("_iterate_absorbed", "_iterate_torch"):
+        original = getattr(sk, name)
+        monkeypatch.setattr(sk, name, lambda *a, _o=original, _n=name: calls.append(_n) or _o(*a))
+    C = torch.rand(8, 8, generator=gen).requires_grad_()
+    sk.sinkhorn(C, 0.1)  # implicit: the forward runs without autograd
+    sk.sinkhorn(C, 0.1, grad="unroll")
+    assert calls == ["_iterate_absorbed", "_iterate_torch"]

@@ -110,3 +110,8 @@ def test_mass_limited_by_the_smaller_marginal():
 def test_mass_tensor_shape():
     with _raises("mass must be a number or a tensor of shape () or (2,); got shape (3,)."):
         partial_sinkhorn(torch.rand(2, 4, 5), 0.1, torch.full((3,), 0.5))
+
+
+def test_unknown_backend():
+    with _raises("backend must be 'auto', 'torch', 'absorbed' or 'cuda_graph'; got 'numpy'."):
+        sinkhorn(C, 0.1, backend="numpy")
