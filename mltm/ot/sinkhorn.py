@@ -184,7 +184,15 @@ def _use_cuda_graph(logK: torch.Tensor, backend: Backend) -> bool:
     return backend == "auto" and logK.is_cuda and not torch.is_grad_enabled()
 
 
+def _being_traced(logK: torch.Tensor) -> bool:
+    """Inside torch.compile or a user's CUDA-graph capture only plain tensor ops are allowed
+    (no host reads, no nested graphs): the fast paths step aside for the torch iteration."""
+    return torch.compiler.is_compiling() or (logK.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def _iterate(logK, log_a, log_b, tol, max_iter, check_every, backend):
+    if _being_traced(logK):
+        return _iterate_torch(logK, log_a, log_b, tol, max_iter, check_every)
     if _use_cuda_graph(logK, backend):
         from mltm.ot import _cuda
 

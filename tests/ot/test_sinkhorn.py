@@ -208,3 +208,14 @@ def test_auto_backend_on_cpu_is_absorbed_without_grad_and_torch_with_grad(gen, m
     sk.sinkhorn(C, 0.1)  # implicit: the forward runs without autograd
     sk.sinkhorn(C, 0.1, grad="unroll")
     assert calls == ["_iterate_absorbed", "_iterate_torch"]
+
+
+@pytest.mark.parametrize("grad", ["implicit", "unroll"])
+def test_fixed_iterations_compile_without_graph_breaks(grad, gen):
+    # tol=None must need no host synchronisation: torch.compile(fullgraph=True) refuses any
+    # .item() or data-dependent branch, so this fails if the fixed-iteration path has one.
+    C = torch.rand(16, 16, generator=gen)
+    solve = torch.compile(
+        lambda C: sinkhorn(C, 0.1, tol=None, max_iter=25, grad=grad), fullgraph=True, backend="eager"
+    )
+    torch.testing.assert_close(solve(C), sinkhorn(C, 0.1, tol=None, max_iter=25), rtol=1e-5, atol=1e-8)
