@@ -38,6 +38,7 @@ for _backend in ("JAX", "CUPY", "TENSORFLOW"):
 import ot  # noqa: E402
 import torch  # noqa: E402
 
+from mltm._atomic import atomic_write  # noqa: E402
 from mltm.ot import partial_sinkhorn, sinkhorn_log  # noqa: E402
 from mltm.profiling import saved_tensor_bytes  # noqa: E402
 
@@ -248,11 +249,9 @@ def main(argv=None) -> int:
         "results": results,
         "targets": targets,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"ot_{slug}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(json.dumps(record, indent=2) + "\n")
     print(f"written: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
 

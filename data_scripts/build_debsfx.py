@@ -254,7 +254,6 @@ def build(size: str, out: Path | None = None, *, force: bool = False, seed: int 
           sources: list[str] | None = None, max_windows: int | None = None,
           max_per_class: int | None = None, min_clips: int | None = None,
           window: float | None = None) -> Path:
-    import numpy as np
     from tqdm import tqdm
 
     from mltm.data.audio import AudioLoadError, load_audio

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from mltm._atomic import atomic_write
+
 BUILD_INFO = "BUILD_INFO.json"
 #: RMS below which a clip counts as silent and is dropped.
 SILENCE_RMS = 1e-4
@@ -122,10 +124,8 @@ class AtomicDir:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
 
 def rms(x: np.ndarray) -> float:

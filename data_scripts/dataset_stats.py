@@ -10,7 +10,6 @@ Usage: ``python data_scripts/dataset_stats.py --config {ci,full} [--out PATH]``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections import Counter

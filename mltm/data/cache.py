@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mltm._atomic import atomic_write
 from mltm.data.frontend import LogMelConfig
 
 __all__ = ["FeatureCache"]
@@ -79,18 +79,8 @@ class FeatureCache:
         return torch.from_numpy(arr)
 
     def _write(self, path: Path, feats: torch.Tensor) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, feats.detach().cpu().numpy().astype(np.float32, copy=False))
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        with atomic_write(path, "wb") as f:
+            np.save(f, feats.detach().cpu().numpy().astype(np.float32, copy=False))
 
     def get_or_compute(
         self, audio_path: str | os.PathLike, compute: Callable[[], torch.Tensor]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from mltm._atomic import atomic_write
 from mltm.data.audio import AudioLoadError, probe_audio
 from mltm.data.manifest import MAX_CAPTIONS, ClipRecord, write_manifest
 
@@ -141,9 +142,8 @@ def _ref(path: Path, out: Path, absolute: bool) -> str:
 
 
 def _write_license(out: Path, text: str) -> None:
-    tmp = out / ".LICENSE.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out / "LICENSE.md")
+    with atomic_write(out / "LICENSE.md") as f:
+        f.write(text)
 
 
 def _finish(report: ConversionReport, split: str, records: list[ClipRecord], out: Path) -> None:

@@ -24,10 +24,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from mltm._atomic import atomic_write
 
 __all__ = [
     "MAX_CAPTIONS",
@@ -227,22 +228,10 @@ def write_manifest(records: Iterable[ClipRecord], path: str | os.PathLike) -> No
                 f"writing {path}; clip ids must be unique within a manifest"
             )
         seen[r.clip_id] = i
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(r.to_json())
-                f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as f:
+        for r in records:
+            f.write(r.to_json())
+            f.write("\n")
 
 
 def read_manifest(path: str | os.PathLike) -> list[ClipRecord]:
