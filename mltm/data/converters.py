@@ -126,14 +126,18 @@ def _read_csv(path: Path, expected: Sequence[str], dataset: str) -> list[dict[st
     return rows
 
 
-def _checked(path: Path) -> tuple[float | None, tuple[str, str] | None]:
-    """Return ``(duration, None)`` for a usable audio file, else ``(None, (reason, path))``."""
+def _usable_duration(path: Path | None, skipped: list[tuple[str, str]], expected: Path | None = None) -> float | None:
+    """Duration of a usable audio file; otherwise record ``(reason, path)`` and return None."""
+    if path is None or not path.is_file():
+        skipped.append(("missing", str(expected if path is None else path)))
+        return None
     try:
         probe_audio(path)
         info = sf.info(str(path))
-        return info.frames / info.samplerate, None
     except AudioLoadError as e:
-        return None, (e.reason, str(path))
+        skipped.append((e.reason, str(path)))
+        return None
+    return info.frames / info.samplerate
 
 
 def _ref(path: Path, out: Path, absolute: bool) -> str:
@@ -240,12 +244,8 @@ def prepare_audiocaps(
                 path = next((ix[name] for ix in index if name in ix), None)
                 if path is not None:
                     break
-            if path is None:
-                skipped.append(("missing", str(src / "audio" / split / f"{yid}.wav")))
-                continue
-            duration, problem = _checked(path)
-            if problem:
-                skipped.append(problem)
+            duration = _usable_duration(path, skipped, expected=src / "audio" / split / f"{yid}.wav")
+            if duration is None:
                 continue
             records.append(ClipRecord(
                 clip_id=yid, audio_path=_ref(path, out, absolute_paths), captions=captions,
@@ -315,12 +315,8 @@ def prepare_clotho(
                 report.notes.append(f"{split}: {name} has no non-empty caption, skipped")
                 continue
             path = src / part / name
-            if not path.is_file():
-                skipped.append(("missing", str(path)))
-                continue
-            duration, problem = _checked(path)
-            if problem:
-                skipped.append(problem)
+            duration = _usable_duration(path, skipped)
+            if duration is None:
                 continue
             records.append(ClipRecord(
                 clip_id=name, audio_path=_ref(path, out, absolute_paths), captions=captions,
@@ -401,12 +397,8 @@ def prepare_esc50(
         name = row["filename"].strip()
         category = row["category"].strip()
         path = src / "audio" / name
-        if not path.is_file():
-            skipped.append(("missing", str(path)))
-            continue
-        duration, problem = _checked(path)
-        if problem:
-            skipped.append(problem)
+        duration = _usable_duration(path, skipped)
+        if duration is None:
             continue
         records.append(ClipRecord(
             clip_id=Path(name).stem, audio_path=_ref(path, out, absolute_paths),
