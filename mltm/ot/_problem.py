@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["Problem", "prepare_problem", "CostNormalization"]
+__all__ = ["Problem", "prepare_problem", "being_traced", "CostNormalization"]
 
 CostNormalization = Literal["none", "max"]
 
@@ -30,25 +30,26 @@ class Problem:
         log_a: Log of the source marginal, shape (B, n).
         log_b: Log of the target marginal, shape (B, m).
         batched: Whether the caller passed a batch (so results keep the leading dim).
+        host_checks: Whether values may be read back to the host (not while traced).
     """
 
     C: torch.Tensor
     log_a: torch.Tensor
     log_b: torch.Tensor
     batched: bool
+    host_checks: bool
 
     def unbatch(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.batched else x.squeeze(0)
 
 
-def _value_checks_allowed(C: torch.Tensor) -> bool:
-    # Value checks read tensors back to the host. That is illegal while a CUDA graph is being
-    # captured and undesirable while torch.compile traces, so they are skipped there.
-    if torch.compiler.is_compiling():
-        return False
-    if C.is_cuda and torch.cuda.is_current_stream_capturing():
-        return False
-    return True
+def being_traced(t: torch.Tensor) -> bool:
+    """Whether torch.compile is tracing or a CUDA graph is being captured on ``t``'s device.
+
+    Reading a tensor back to the host is illegal during capture and breaks the graph of
+    torch.compile, so value checks, warnings and the fast iteration paths step aside then.
+    """
+    return torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def _all_finite(t: torch.Tensor) -> bool:
@@ -151,7 +152,7 @@ def prepare_problem(
     batched = C.ndim == 3
     if not batched:
         C = C.unsqueeze(0)
-    check_values = _value_checks_allowed(C)
+    check_values = not being_traced(C)
     if check_values and not _all_finite(C):
         raise ValueError(
             "C contains non-finite values (NaN or inf); check the embeddings and the cost "
@@ -170,4 +171,4 @@ def prepare_problem(
     _, n, m = C.shape
     log_a = _prepare_marginal(a, "a", n, "rows", C, check_values, marginals_sum_to_one)
     log_b = _prepare_marginal(b, "b", m, "columns", C, check_values, marginals_sum_to_one)
-    return Problem(C=C, log_a=log_a, log_b=log_b, batched=batched)
+    return Problem(C=C, log_a=log_a, log_b=log_b, batched=batched, host_checks=check_values)

@@ -143,14 +143,11 @@ def partial_sinkhorn_log(
     prob = prepare_problem(
         C, eps, a, b, cost_normalization=cost_normalization, marginals_sum_to_one=False
     )
-    check_values = not (
-        torch.compiler.is_compiling() or (prob.C.is_cuda and torch.cuda.is_current_stream_capturing())
-    )
-    mass_t = _prepare_mass(mass, prob.log_a, prob.log_b, prob.C.dtype, prob.C.device, check_values)
+    mass_t = _prepare_mass(mass, prob.log_a, prob.log_b, prob.C.dtype, prob.C.device, prob.host_checks)
     log_plan, n_iter, err = _iterate_partial(
         prob.C / -eps, prob.log_a, prob.log_b, mass_t.log(), tol, max_iter, check_every
     )
-    if tol is not None and err is not None and n_iter >= max_iter and check_values:
+    if tol is not None and err is not None and n_iter >= max_iter and prob.host_checks:
         worst = err.max().item()
         if not worst < tol:
             warnings.warn(

@@ -32,7 +32,7 @@ from typing import Literal
 
 import torch
 
-from mltm.ot._problem import CostNormalization, Problem, prepare_problem
+from mltm.ot._problem import CostNormalization, Problem, being_traced, prepare_problem
 from mltm.ot.implicit import sinkhorn_plan_vjp
 
 __all__ = ["sinkhorn", "sinkhorn_log", "SinkhornResult", "ConvergenceWarning"]
@@ -184,14 +184,9 @@ def _use_cuda_graph(logK: torch.Tensor, backend: Backend) -> bool:
     return backend == "auto" and logK.is_cuda and not torch.is_grad_enabled()
 
 
-def _being_traced(logK: torch.Tensor) -> bool:
-    """Inside torch.compile or a user's CUDA-graph capture only plain tensor ops are allowed
-    (no host reads, no nested graphs): the fast paths step aside for the torch iteration."""
-    return torch.compiler.is_compiling() or (logK.is_cuda and torch.cuda.is_current_stream_capturing())
-
-
 def _iterate(logK, log_a, log_b, tol, max_iter, check_every, backend):
-    if _being_traced(logK):
+    # Inside torch.compile or a user's graph capture only plain tensor ops are allowed.
+    if being_traced(logK):
         return _iterate_torch(logK, log_a, log_b, tol, max_iter, check_every)
     if _use_cuda_graph(logK, backend):
         from mltm.ot import _cuda
@@ -268,7 +263,7 @@ def sinkhorn_log(
                 logK, prob.log_a, prob.log_b, tol, max_iter, check_every, backend
             )
         P = torch.exp(logK + log_u.unsqueeze(-1) + log_v.unsqueeze(-2))
-    if tol is not None and err is not None and n_iter >= max_iter and _is_host_readable(err):
+    if tol is not None and err is not None and n_iter >= max_iter and prob.host_checks:
         worst = err.max().item()
         if not worst < tol:
             warnings.warn(
@@ -285,10 +280,6 @@ def sinkhorn_log(
         marginal_error=None if err is None else prob.unbatch(err),
         error_history=[(i, prob.unbatch(e)) for i, e in history],
     )
-
-
-def _is_host_readable(t: torch.Tensor) -> bool:
-    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def sinkhorn(
