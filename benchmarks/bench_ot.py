@@ -24,16 +24,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
-import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
-for _backend in ("JAX", "CUPY", "TENSORFLOW"):
-    os.environ.setdefault(f"POT_BACKEND_DISABLE_{_backend}", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import best_time, device_name, sync  # noqa: E402  (also disables POT's JAX/CuPy/TF)
 
 import ot  # noqa: E402
 import torch  # noqa: E402
@@ -41,6 +37,7 @@ import torch  # noqa: E402
 from mltm._atomic import atomic_write  # noqa: E402
 from mltm.ot import partial_sinkhorn, sinkhorn_log  # noqa: E402
 from mltm.profiling import saved_tensor_bytes  # noqa: E402
+from mltm.provenance import git_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS = 0.05
@@ -54,24 +51,6 @@ def embeddings_cost(n_audio: int, captions_per_audio: int, dim: int, seed: int, 
     xr = x.repeat_interleave(captions_per_audio, 0)
     y = torch.nn.functional.normalize(xr + sigma * torch.randn(xr.shape, generator=g), dim=-1)
     return torch.cdist(x, y).to(device)
-
-
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def best_time(fn, device, repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def mltm_loss(P: torch.Tensor) -> torch.Tensor:
@@ -173,22 +152,6 @@ def bench_per_iteration(device, repeat):
     return rows
 
 
-def commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "mltm", "benchmarks"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def device_name(device) -> tuple[str, str]:
-    if torch.device(device).type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return name, "cuda-" + "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)", "cpu"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -238,7 +201,7 @@ def main(argv=None) -> int:
 
     print("\ntargets: " + ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in targets.items()))
     record = {
-        "commit": commit(),
+        "commit": git_commit(),
         "device": name,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,

@@ -32,6 +32,7 @@ from torch import nn
 
 from mltm.metric import MahalanobisCost
 from mltm.ot import partial_sinkhorn, sinkhorn
+from mltm.retrieval import cosine_distance
 
 __all__ = [
     "MatchingLoss",
@@ -46,11 +47,6 @@ __all__ = [
     "build_loss",
     "LOSSES",
 ]
-
-
-def cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``1 - cos(x_i, y_j)`` for all pairs: the ranking cost of the contrastive baselines."""
-    return 1.0 - F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).transpose(-1, -2)
 
 
 def same_clip_mask(b: int, clip_ids: torch.Tensor | None, device=None) -> torch.Tensor:
