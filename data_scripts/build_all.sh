@@ -34,6 +34,7 @@ else
 fi
 builders=(build_debsfx.py build_instruments.py build_tuxpaint_zeroshot.py)
 
+echo "== fetch_aisfx.py (pretrained aisfx encoder weights)" >&2; "$PYTHON" data_scripts/fetch_aisfx.py
 declare -a secs
 t_all=$(date +%s.%N)
 for i in 0 1 2; do

@@ -5,6 +5,15 @@ window, hop 320, 64 mel bins from 50 Hz to 14 kHz, power spectrum, and
 ``10 * log10(max(power, 1e-10))`` without any ``top_db`` clipping. These are the defaults of
 :class:`LogMelConfig`.
 
+Other pretrained encoders need other front ends, so the config also covers the one of the
+aisfx sound-effects CNN (:mod:`mltm.encoders.aisfx`): peak-normalised audio, HTK mel filters
+each normalised to unit sum (librosa's ``norm=1`` since 0.8, Essentia's ``unit_sum``), zero
+(``"constant"``) padding and ``log10(1e4 * mel + 1) / 9.4578`` instead of decibels. The
+fields for these (``peak_normalize``, ``mel_norm="l1"``, ``compression``,
+``compression_scale``, ``compression_divisor``) default to the paper's behaviour and are left
+out of :meth:`LogMelConfig.feature_key` while they keep their defaults, so existing feature
+caches stay valid.
+
 **Who owns the settings.** An audio encoder is pretrained on one front end, so the encoder
 owns its :class:`LogMelConfig`: an encoder class exposes it as the attribute
 ``frontend_config`` (see :class:`HasFrontEndConfig`), and a dataset asks the encoder for it
@@ -61,9 +70,19 @@ class LogMelConfig:
         f_min: Lowest mel band edge (Hz).
         f_max: Highest mel band edge (Hz).
         mel_scale: ``"slaney"`` (librosa's default, used by PANNs) or ``"htk"``.
-        mel_norm: ``"slaney"`` area normalisation of the filters (librosa's default) or None.
+        mel_norm: ``"slaney"`` area normalisation of the filters (librosa's default),
+            ``"l1"`` (each filter's weights sum to 1: librosa's ``norm=1`` since 0.8, Essentia's
+            ``unit_sum``) or None.
         power: Exponent of the magnitude (2 = power spectrum).
-        amin: Floor before the logarithm: ``10 * log10(max(power, amin))``.
+        amin: Floor before the logarithm: ``10 * log10(max(power, amin))`` (``"db"`` only).
+        compression: ``"db"``: ``10 * log10(max(mel, amin))`` (PANNs); ``"log10_1p"``:
+            ``log10(compression_scale * mel + 1)`` (Essentia's ``shift_scale_log``, aisfx).
+        compression_scale: Multiplier inside ``log10_1p`` (``1e4`` in Essentia/aisfx).
+        compression_divisor: The compressed features are divided by this (aisfx divides by
+            the maximum of its training features, 9.457798957824707). 1 leaves them as they are.
+        peak_normalize: Divide each waveform by its maximum absolute value (silence is left
+            as it is) before the STFT, as aisfx's librosa front end does. Zero padding does not
+            change the maximum, so padded batches give the same features.
         max_seconds: Clip length limit in seconds (None: never crop, e.g. for zero-shot sets
             of short clips). AudioCaps clips are 10 s, Clotho clips 15-30 s.
         train_crop: Where to crop a long clip in training (``"random"`` offset by default).
@@ -83,9 +102,13 @@ class LogMelConfig:
     f_min: float = 50.0
     f_max: float = 14000.0
     mel_scale: Literal["slaney", "htk"] = "slaney"
-    mel_norm: Literal["slaney"] | None = "slaney"
+    mel_norm: Literal["slaney", "l1"] | None = "slaney"
     power: float = 2.0
     amin: float = 1e-10
+    compression: Literal["db", "log10_1p"] = "db"
+    compression_scale: float = 1e4
+    compression_divisor: float = 1.0
+    peak_normalize: bool = False
     max_seconds: float | None = 10.0
     train_crop: CropMode = "random"
     eval_crop: CropMode = "start"
@@ -107,6 +130,14 @@ class LogMelConfig:
             raise ValueError("n_mels must be positive")
         if self.amin <= 0:
             raise ValueError("amin must be positive")
+        if self.mel_scale not in ("slaney", "htk"):
+            raise ValueError(f"mel_scale {self.mel_scale!r}: use 'slaney' or 'htk'")
+        if self.mel_norm not in ("slaney", "l1", None):
+            raise ValueError(f"mel_norm {self.mel_norm!r}: use 'slaney', 'l1' or None")
+        if self.compression not in ("db", "log10_1p"):
+            raise ValueError(f"compression {self.compression!r}: use 'db' or 'log10_1p'")
+        if self.compression_scale <= 0 or self.compression_divisor <= 0:
+            raise ValueError("compression_scale and compression_divisor must be positive")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ValueError("max_seconds must be positive or None")
         if self.train_crop not in ("random", "start", "center"):
@@ -139,16 +170,33 @@ class LogMelConfig:
         return 1 + (num_samples - self.n_fft) // self.hop_length
 
     def feature_dict(self) -> dict[str, Any]:
-        """Return the settings that determine the features (not the clip policy)."""
+        """Return the settings that determine the features (not the clip policy).
+
+        The fields added for other encoders' front ends (:data:`_OPTIONAL_FEATURE_FIELDS`) are
+        listed only when they differ from their defaults, so the key of a config that does not
+        use them is the same as before they existed (and existing feature caches stay valid).
+        """
         d = asdict(self)
         for k in ("max_seconds", "train_crop", "eval_crop", "pad_to"):
             d.pop(k)
+        for k, default in _OPTIONAL_FEATURE_FIELDS.items():
+            if d[k] == default:
+                d.pop(k)
         return d
 
     def feature_key(self) -> str:
         """Return a short stable hash of :meth:`feature_dict` (for feature caches)."""
         blob = json.dumps(self.feature_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+#: Feature settings that :meth:`LogMelConfig.feature_dict` lists only when not at this default.
+_OPTIONAL_FEATURE_FIELDS: dict[str, Any] = {
+    "compression": "db",
+    "compression_scale": 1e4,
+    "compression_divisor": 1.0,
+    "peak_normalize": False,
+}
 
 
 @runtime_checkable
@@ -186,7 +234,10 @@ class LogMelFrontEnd(nn.Module):
 
     Computes the power mel spectrogram with :class:`torchaudio.transforms.MelSpectrogram`, then
     ``10 * log10(max(mel, amin))`` (no reference scaling, no ``top_db``), which equals
-    torchlibrosa's ``LogmelFilterBank(ref=1.0, amin=1e-10, top_db=None)``.
+    torchlibrosa's ``LogmelFilterBank(ref=1.0, amin=1e-10, top_db=None)``. With
+    ``compression="log10_1p"`` it computes ``log10(compression_scale * mel + 1)`` instead; the
+    result is divided by ``compression_divisor``. ``peak_normalize`` and ``mel_norm="l1"``
+    are applied as described in :class:`LogMelConfig`.
 
     Input ``[..., T]`` (float waveform at ``config.sample_rate``); output
     ``[..., n_mels, n_frames]`` with ``n_frames = config.frames_for(T)``. Signals shorter than
@@ -212,9 +263,14 @@ class LogMelFrontEnd(nn.Module):
             power=config.power,
             center=config.center,
             pad_mode=config.pad_mode,
-            norm=config.mel_norm,
+            norm=config.mel_norm if config.mel_norm == "slaney" else None,
             mel_scale=config.mel_scale,
         )
+        if config.mel_norm == "l1":
+            # torchaudio knows only slaney normalisation; the l1 one scales each filter (a
+            # column of fb, [n_freqs, n_mels]) to unit sum. An empty filter stays zero.
+            fb = self.melspec.mel_scale.fb
+            fb.div_(fb.sum(dim=0, keepdim=True).clamp_min(torch.finfo(fb.dtype).tiny))
 
     def frames_for(self, num_samples: int | torch.Tensor) -> int | torch.Tensor:
         """Number of frames for ``num_samples`` samples (see :meth:`LogMelConfig.frames_for`)."""
@@ -225,5 +281,16 @@ class LogMelFrontEnd(nn.Module):
         min_len = self.config.n_fft // 2 + 1 if self.config.center else self.config.n_fft
         if waveform.shape[-1] < min_len:
             waveform = nn.functional.pad(waveform, (0, min_len - waveform.shape[-1]))
-        mel = self.melspec(waveform.float())
-        return 10.0 * torch.log10(torch.clamp(mel, min=self.config.amin))
+        cfg = self.config
+        waveform = waveform.float()
+        if cfg.peak_normalize:
+            peak = waveform.abs().amax(dim=-1, keepdim=True)
+            waveform = waveform / torch.where(peak > 0, peak, torch.ones_like(peak))
+        mel = self.melspec(waveform)
+        if cfg.compression == "log10_1p":
+            out = torch.log10(cfg.compression_scale * mel + 1.0)
+        else:
+            out = 10.0 * torch.log10(torch.clamp(mel, min=cfg.amin))
+        if cfg.compression_divisor != 1.0:
+            out = out / cfg.compression_divisor
+        return out
