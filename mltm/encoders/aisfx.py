@@ -252,7 +252,10 @@ def _sha256(path: Path) -> str:
 
 
 def default_aisfx_weights_path() -> Path:
-    """Return ``$MLTM_DATA/weights/aisfx-0.1.2.safetensors`` (MLTM_DATA default: ``<repo>/data``)."""
+    """Return ``$MLTM_DATA/weights/aisfx-0.1.2.safetensors`` (default MLTM_DATA: ``<repo>/data``).
+
+    The same root as the datasets built by ``data_scripts/``.
+    """
     return default_weights_dir() / f"aisfx-{AISFX_VERSION}.safetensors"
 
 

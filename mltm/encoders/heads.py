@@ -17,7 +17,7 @@ __all__ = ["ProjectionHead"]
 
 
 class ProjectionHead(nn.Module):
-    """``Linear(in_dim, hidden_dim) -> ReLU -> Dropout -> Linear(hidden_dim, out_dim)``, then L2 norm.
+    """``Linear -> ReLU -> Dropout -> Linear`` (in -> hidden -> out), then L2 normalisation.
 
     Args:
         in_dim: Encoder output size (``encoder.out_dim``).

@@ -29,10 +29,11 @@ Cnn14, which its checkpoints were trained with, does not, and that is what is bu
 **Padding.** Both networks reduce time by 32. When ``lengths`` are given, samples beyond each
 clip's end are zeroed, frames beyond it are set to 0 after ``bn0`` (the normalised mean; the
 same value SpecAugment writes) and the final max/mean over time covers only the output frames
-that overlap the clip, so an embedding does not depend on what fills the padding. Unlike :class:`AisfxEncoder`, a padded
-clip is not exactly equal to the clip alone: the 3x3 convolutions see the padding frames at
-the clip's end (the reference code does not mask at all). Inputs shorter than 32 frames
-(~0.32 s) are padded to 32 frames so the network has at least one output frame.
+that overlap the clip, so an embedding does not depend on what fills the padding. Unlike
+:class:`~mltm.encoders.aisfx.AisfxEncoder`, a padded clip is not exactly equal to the clip
+alone: the 3x3 convolutions near its end see zero frames instead of the edge of the input
+(the reference code does not mask at all). Inputs shorter than 32 frames (~0.32 s) are padded
+to 32 frames so the network has at least one output frame.
 
 **Weights.** The official checkpoints (Zenodo record 3987831, ``Cnn14_mAP=0.431.pth``,
 ``ResNet38_mAP=0.434.pth``) are not reachable from the development machines; download one

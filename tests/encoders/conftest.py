@@ -47,4 +47,5 @@ def aisfx_weights(aisfx_wheel, tmp_path_factory) -> Path:
     """A safetensors file converted from the wheel in this session."""
     from mltm.encoders.aisfx import convert_aisfx_wheel
 
-    return convert_aisfx_wheel(aisfx_wheel, tmp_path_factory.mktemp("weights") / "aisfx.safetensors")
+    out = tmp_path_factory.mktemp("weights") / "aisfx.safetensors"
+    return convert_aisfx_wheel(aisfx_wheel, out)

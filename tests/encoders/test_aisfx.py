@@ -8,7 +8,6 @@ import hashlib
 import importlib.util
 import re
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 
@@ -134,7 +133,7 @@ def test_foreign_safetensors_is_rejected(tmp_path):
 
     p = tmp_path / "other.safetensors"
     save_file({"x": torch.zeros(1)}, str(p))
-    with pytest.raises(ValueError, match="is not an aisfx weights file made by convert_aisfx_wheel"):
+    with pytest.raises(ValueError, match="not an aisfx weights file made by convert_aisfx_wheel"):
         load_aisfx_encoder(p)
 
 
@@ -146,11 +145,7 @@ def test_default_weights_path_follows_mltm_data(monkeypatch, tmp_path):
 
 
 def test_fetch_script_converts_once(aisfx_wheel, tmp_path, capsys):
-    sys.path.insert(0, str(REPO))
-    try:
-        from data_scripts import fetch_aisfx
-    finally:
-        sys.path.remove(str(REPO))
+    from data_scripts import fetch_aisfx  # the repo root is on pytest's pythonpath
     out = tmp_path / "w" / "aisfx.safetensors"
     assert fetch_aisfx.main(["--wheel", str(aisfx_wheel), "--out", str(out)]) == 0
     first = out.stat().st_mtime_ns

