@@ -219,8 +219,27 @@ def _build(cls, data: dict[str, Any], where: str):
         if is_dataclass(default):
             kwargs[name] = _build(type(default), value or {}, f"{where}.{name}".lstrip("."))
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, str(f.type), f"{where}.{name}".lstrip("."))
     return cls(**kwargs)
+
+
+def _coerce(value: Any, annotation: str, key: str) -> Any:
+    """Convert a YAML value to the field's declared scalar type.
+
+    YAML 1.1 reads ``1e-3`` (no dot) as a string; a float field accepts it. Anything that
+    does not convert is an error naming the key.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    kind = annotation.split("|")[0].strip()
+    try:
+        if kind == "float" and isinstance(value, (int, float, str)):
+            return float(value)
+        if kind == "int" and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return int(value)
+    except ValueError:
+        raise ValueError(f"config key {key}: expected {kind}, got {value!r}") from None
+    return value
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

@@ -1,0 +1,152 @@
+"""Run frozen encoders over a dataset once and cache their outputs.
+
+With both encoders frozen, m-LTM training only moves the projection heads and M, so the
+encoders' outputs are computed once per clip and per caption text and reused every epoch
+(and by every run on the same data): this is what makes the CI config train in seconds.
+The cache key covers the encoder (its class, options and a hash of its weights), the
+front-end and clip-length settings, and every input (clip id, path, size and mtime of the
+audio file; caption text), so a change to any of them recomputes. Files are written
+atomically; a corrupted clip is skipped and counted, not fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mltm._atomic import atomic_write
+
+__all__ = [
+    "cache_dir",
+    "encoder_fingerprint",
+    "encode_clips",
+    "encode_texts",
+    "cached",
+]
+
+
+def cache_dir() -> Path:
+    """``$MLTM_CACHE/embeddings`` (default ``~/.cache/mltm/embeddings``)."""
+    base = os.environ.get("MLTM_CACHE") or Path.home() / ".cache" / "mltm"
+    return Path(base) / "embeddings"
+
+
+def encoder_fingerprint(encoder: nn.Module) -> str:
+    """SHA-256 over the encoder's class, options and every parameter and buffer."""
+    h = hashlib.sha256(type(encoder).__qualname__.encode())
+    for attr in ("pooling", "max_length", "out_dim"):
+        h.update(f"{attr}={getattr(encoder, attr, None)!r};".encode())
+    cfg = getattr(encoder, "frontend_config", None)
+    if cfg is not None:
+        h.update(repr(cfg).encode())
+    for name, t in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached(kind: str, key: dict[str, Any], compute, directory: str | os.PathLike | None = None):
+    """Return ``compute()``'s dict of tensors, cached under a hash of ``key``.
+
+    A cache file that cannot be read (truncated, corrupted) is recomputed and rewritten.
+    """
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    path = Path(directory or cache_dir()) / f"{kind}-{digest[:24]}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - any unreadable cache entry is recomputed
+            pass
+    value = compute()
+    buf = io.BytesIO()
+    torch.save(value, buf)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())
+    return value
+
+
+def _file_stamp(path: Path) -> list[Any]:
+    try:
+        st = path.stat()
+        return [str(path), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [str(path), None, None]
+
+
+def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
+                 device: torch.device | str = "cpu", progress: bool = False,
+                 use_cache: bool = True) -> dict[str, torch.Tensor]:
+    """Encoder outputs for every clip of a clips-view :class:`~mltm.data.AudioCaptionDataset`.
+
+    Returns:
+        ``{"features": (N, D) float32, "valid": (N,) bool}``; rows of clips whose audio
+        could not be decoded are zero with ``valid`` False (counted in the dataset's
+        ``skip_report``).
+    """
+    if dataset.view != "clips":
+        raise ValueError("encode_clips needs a dataset with view='clips'")
+    from mltm.data.manifest import resolve_audio_path
+
+    def compute() -> dict[str, torch.Tensor]:
+        was_training = encoder.training
+        encoder.eval().to(device)
+        feats = torch.zeros(dataset.num_clips, encoder.out_dim)
+        valid = torch.zeros(dataset.num_clips, dtype=torch.bool)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                            collate_fn=dataset.collate_fn)
+        from tqdm.auto import tqdm
+
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="audio encoder", disable=not progress, leave=False):
+                if batch["audio"].shape[0] == 0:
+                    continue
+                out = encoder(batch["audio"].to(device), batch["lengths"].to(device))
+                idx = batch["index"]
+                feats[idx] = out.float().cpu()
+                valid[idx] = True
+        encoder.train(was_training)
+        return {"features": feats, "valid": valid}
+
+    if not use_cache:
+        return compute()
+    key = {
+        "encoder": encoder_fingerprint(encoder),
+        "frontend": repr(dataset.config),
+        "clips": [[r.clip_id] + _file_stamp(resolve_audio_path(r, dataset.root))
+                  for r in dataset.records],
+    }
+    return cached("audio", key, compute)
+
+
+def encode_texts(encoder: nn.Module, texts: Sequence[str], *, batch_size: int = 64,
+                 device: torch.device | str = "cpu", progress: bool = False,
+                 use_cache: bool = True) -> torch.Tensor:
+    """Encoder outputs (M, D) float32 for caption texts (in order)."""
+    texts = list(texts)
+
+    def compute() -> dict[str, torch.Tensor]:
+        was_training = encoder.training
+        encoder.eval().to(device)
+        out = []
+        from tqdm.auto import tqdm
+
+        with torch.no_grad():
+            for i in tqdm(range(0, len(texts), batch_size), desc="text encoder",
+                          disable=not progress, leave=False):
+                out.append(encoder(texts[i:i + batch_size]).float().cpu())
+        encoder.train(was_training)
+        return {"features": torch.cat(out) if out else torch.zeros(0, encoder.out_dim)}
+
+    if not use_cache:
+        return compute()["features"]
+    key = {"encoder": encoder_fingerprint(encoder), "texts": texts}
+    return cached("text", key, compute)["features"]
