@@ -154,6 +154,7 @@ class OptimConfig:
         epochs: Training epochs (paper 30).
         grad_clip: Global gradient-norm clip (released code 2.0; None: off).
         amp: bfloat16 autocast on a GPU (ignored on a CPU).
+        max_steps_per_epoch: Cut each epoch after this many steps (smoke tests; None: all).
     """
 
     lr: float = 1e-4
@@ -164,6 +165,7 @@ class OptimConfig:
     epochs: int = 30
     grad_clip: float | None = 2.0
     amp: bool = True
+    max_steps_per_epoch: int | None = None
 
 
 @dataclass

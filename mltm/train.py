@@ -377,19 +377,21 @@ class Trainer:
         # A final batch of one pair has no negative; drop batches shorter than 2.
         return [b for b in sampler.batches(epoch) if len(b) >= 2]
 
-    def _step_embeddings(self, model, pairs_ds, batch_idx, text_index):
-        """Joint embeddings of a batch of pairs, and their clip ids."""
-        clip = torch.as_tensor(pairs_ds.pair_clip[batch_idx])
+    def _step_embeddings(self, model, pairs_ds, batch_idx, batch):
+        """Joint embeddings of a batch of pairs, and their clip ids.
+
+        Fast path: ``batch_idx`` (pair indices) into the precomputed encoder outputs.
+        End-to-end: ``batch``, a collated batch of waveforms and captions.
+        """
         if self.fast:
+            clip = torch.as_tensor(pairs_ds.pair_clip[batch_idx])
             tr = self.evalset("train")
             rows = self._clip_row[clip]
             ok = rows >= 0  # clips whose audio could not be decoded are left out
             a_feat = tr.audio[rows[ok]].to(self.device)
             t_feat = self._pair_text_feats[torch.as_tensor(batch_idx)[ok]].to(self.device)
             return model.project_audio(a_feat), model.project_text(t_feat), clip[ok].to(self.device)
-        collate = pairs_ds.collate_fn
-        batch = collate([pairs_ds[i] for i in batch_idx])
-        if batch["audio"].shape[0] == 0:
+        if batch["audio"].shape[0] == 0:  # every clip of the batch failed to decode
             return None, None, None
         amp = self.cfg.optim.amp and self.device.type == "cuda"
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -457,8 +459,18 @@ class Trainer:
             model.train()
             pairs_ds.set_epoch(epoch)
             total, n_steps, unconverged, clamped = 0.0, 0, 0, 0
-            for batch_idx in self._batches(pairs_ds, epoch):
-                a, t, clip = self._step_embeddings(model, pairs_ds, batch_idx, None)
+            batches = self._batches(pairs_ds, epoch)
+            if cfg.optim.max_steps_per_epoch is not None:
+                batches = batches[: cfg.optim.max_steps_per_epoch]
+            if self.fast:
+                stream = ((idx, None) for idx in batches)
+            else:  # decode and batch audio in worker processes
+                loader = torch.utils.data.DataLoader(
+                    pairs_ds, batch_sampler=batches, collate_fn=pairs_ds.collate_fn,
+                    num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+                stream = ((None, batch) for batch in loader)
+            for batch_idx, batch in stream:
+                a, t, clip = self._step_embeddings(model, pairs_ds, batch_idx, batch)
                 if a is None or a.shape[0] < 2:
                     continue
                 with warnings.catch_warnings(record=True) as caught:

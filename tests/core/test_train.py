@@ -70,7 +70,8 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError) as e:
         config_from_dict({"optim": {"learning_rate": 1}})
     assert str(e.value) == ("unknown config key(s) optim.learning_rate; valid keys of optim: amp, "
-                            "batch_size, encoder_lr, epochs, grad_clip, lr, metric_lr, weight_decay")
+                            "batch_size, encoder_lr, epochs, grad_clip, lr, max_steps_per_epoch, "
+                            "metric_lr, weight_decay")
     with pytest.raises(ValueError) as e:
         config_from_dict({"optim": {"lr": "fast"}})
     assert str(e.value) == "config key optim.lr: expected float, got 'fast'"
@@ -159,3 +160,25 @@ def test_bad_checkpoint_is_rejected(tmp_path):
     with pytest.raises(ValueError) as e:
         load_checkpoint(bad)
     assert str(e.value) == f"{bad} is not an mltm checkpoint (expected format 'mltm-checkpoint/1')"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
+    cfg = load_config(path)
+    assert cfg.loss.name == "mltm" and cfg.optim.batch_size >= 2
+
+
+def test_end_to_end_fine_tuning_path_runs(data_root, tmp_path):
+    """The paper's setting (encoders fine-tuned) on waveforms, cut to two steps on a CPU."""
+    cfg = small_config(data_root, tmp_path, **{
+        "model.freeze_audio": False, "model.freeze_text": False, "optim.batch_size": 4,
+        "optim.epochs": 1, "optim.max_steps_per_epoch": 2, "data.max_seconds": 1.0})
+    before = {k: v.clone() for k, v in Trainer(cfg)._encoders()[0].state_dict().items()}
+    res = Trainer(cfg).run()
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert ckpt["history"][0]["steps"] == 2
+    tuned = {k[len("audio_encoder."):]: v for k, v in ckpt["model"].items()
+             if k.startswith("audio_encoder.")}
+    assert tuned, "fine-tuned encoder weights must be in the checkpoint"
+    assert any(not torch.equal(tuned[k], before[k]) for k in tuned if k in before)
+    assert math.isfinite(res["test"]["plan"]["a2t"]["R@1"])
