@@ -103,7 +103,7 @@ def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
         valid = torch.zeros(dataset.num_clips, dtype=torch.bool)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                             collate_fn=dataset.collate_fn)
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         with torch.no_grad():
             for batch in tqdm(loader, desc="audio encoder", disable=not progress, leave=False):
@@ -137,7 +137,7 @@ def encode_texts(encoder: nn.Module, texts: Sequence[str], *, batch_size: int = 
         was_training = encoder.training
         encoder.eval().to(device)
         out = []
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         with torch.no_grad():
             for i in tqdm(range(0, len(texts), batch_size), desc="text encoder",

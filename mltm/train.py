@@ -417,7 +417,7 @@ class Trainer:
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train, validate every epoch, test the best checkpoint; return ``results.json``."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         cfg = self.cfg
         t_start = time.perf_counter()

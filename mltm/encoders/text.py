@@ -126,7 +126,17 @@ class TextEncoder(nn.Module):
         self.pooling: Pooling = pooling
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, config=config, local_files_only=True)
+        # transformers draws a progress bar while it loads weights (with a speed in it, so
+        # every run prints something different); loading a local model needs none.
+        from transformers.utils import logging as hf_logging
+
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            self.model = AutoModel.from_pretrained(path, config=config, local_files_only=True)
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None
         self.out_dim: int = int(config.hidden_size)
