@@ -6,6 +6,11 @@ Transportation" (ICLR 2024). One module per concept:
 - :mod:`mltm.ot`: batched log-domain Sinkhorn and partial optimal transport on the GPU,
   with implicit differentiation of the transport plan.
 - :mod:`mltm.data`: manifests, audio front end, noisy correspondence.
+- :mod:`mltm.metric`: the Mahalanobis ground metric (eq. 9) and its PSD projection (eq. 11).
+- :mod:`mltm.losses`: m-LTM (eq. 10), partial m-LTM (eq. 12-13) and the baselines.
+- :mod:`mltm.encoders`, :mod:`mltm.model`: text and audio encoders, projection heads.
+- :mod:`mltm.train`, :mod:`mltm.eval`, :mod:`mltm.retrieval`: hybrid SGD training, retrieval
+  and zero-shot evaluation (``python -m mltm.train``, ``python -m mltm.eval``).
 """
 
 __version__ = "0.1.0"
