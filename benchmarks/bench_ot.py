@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_time, device_name, sync  # noqa: E402  (also disables POT's JAX/CuPy/TF)
+from _common import best_time, device_name  # noqa: E402  (also disables POT's JAX/CuPy/TF)
 
 import ot  # noqa: E402
 import torch  # noqa: E402

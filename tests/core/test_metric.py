@@ -1,7 +1,5 @@
 """MahalanobisCost against brute force, the PSD projection against closed forms."""
 
-import math
-
 import pytest
 import torch
 
