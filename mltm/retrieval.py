@@ -500,7 +500,10 @@ def zero_shot_classification(
 
     Returns:
         ``{"accuracy", "R@1", "R@5", "R@10", "mAP@10", "MRR@10", "medR", "meanR",
-        "num_clips", "num_classes", "rank_by", "eps"}``, percentages except the ranks.
+        "num_clips", "num_classes", "predicted_classes", "majority_share", "rank_by", "eps"}``,
+        percentages except the ranks and counts. ``predicted_classes`` is the number of distinct
+        classes ranked first for some clip; ``majority_share`` the accuracy of always answering
+        the largest class.
 
     Raises:
         ValueError: for mismatched shapes, labels outside [0, C), unknown ``rank_by``.
@@ -529,6 +532,10 @@ def zero_shot_classification(
         f"MRR@{map_k}": out[f"mAP@{map_k}"],
         "num_clips": N,
         "num_classes": n_cls,
+        # Two yardsticks for the accuracy: a model that ranks one prompt first for (nearly)
+        # every clip (a "hub") scores the share of the largest class, not 1/C.
+        "predicted_classes": int(scores.argmax(1).unique().numel()),
+        "majority_share": 100.0 * float(torch.bincount(lab, minlength=n_cls).max()) / N,
         "rank_by": rank_by,
         "eps": float(eps) if rank_by == "plan" else None,
     }

@@ -418,6 +418,11 @@ def test_zero_shot_constructed_case():
     assert got["mAP@10"] == got["MRR@10"] == pytest.approx(100 * (1 + 1 / 3 + 1 + 1 / 4) / 4)
     assert got["medR"] == 2.0 and got["meanR"] == 2.25
     assert got["num_clips"] == 4 and got["num_classes"] == 4 and got["rank_by"] == "distance"
+    assert got["predicted_classes"] == 4 and got["majority_share"] == 25.0
+    # A hub: one prompt first for every clip; the labels have a 3-of-4 majority class.
+    hub = zero_shot_classification(audio + torch.tensor([0.0, 0.0, 0.0, 9.0], dtype=F64), class_text,
+                                   torch.tensor([3, 3, 3, 0]))
+    assert hub["predicted_classes"] == 1 and hub["majority_share"] == 75.0 and hub["accuracy"] == 75.0
 
 
 @pytest.mark.parametrize("rank_by", ["distance", "plan"])
@@ -447,6 +452,8 @@ def test_zero_shot_matches_brute_force(rank_by):
     mrr10 = 100 * np.mean([1 / (r + 1) if r < 10 else 0.0 for r in ranks])
     assert got["MRR@10"] == pytest.approx(mrr10)
     assert 0 < got["accuracy"] < 100
+    assert got["predicted_classes"] == len(np.unique(np.asarray(scores).argmax(1)))
+    assert got["majority_share"] == pytest.approx(100 * np.bincount(labels.numpy()).max() / N)
 
 
 def test_prompt_for():
