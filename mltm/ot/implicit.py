@@ -31,6 +31,27 @@ import torch
 __all__ = ["sinkhorn_plan_vjp"]
 
 
+def _solve_schur(S: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve ``S y = rhs`` batch-wise; singular elements get the minimum-norm solution.
+
+    ``S`` is singular beyond its null vector ``1`` when the support of the plan splits into
+    several connected blocks: each block has its own ``(+t, -t)`` shift that leaves the plan
+    unchanged. This happens when training has made the plan (numerically) a permutation,
+    e.g. small ε, well-separated embeddings, float32. The right-hand side is orthogonal to
+    those shifts, so the minimum-norm (pseudo-inverse) solution is a valid one, and the
+    gradient with respect to ``C`` does not depend on which solution is used.
+    """
+    y, info = torch.linalg.solve_ex(S, rhs.unsqueeze(-1))
+    y = y.squeeze(-1)
+    bad = (info != 0) | ~torch.isfinite(y).all(-1)
+    if bool(bad.any()):
+        S64, r64 = S[bad].double(), rhs[bad].double()
+        y_pinv = (torch.linalg.pinv(S64, hermitian=True, rtol=1e-10) @ r64.unsqueeze(-1)).squeeze(-1)
+        y = y.clone()
+        y[bad] = y_pinv.to(y.dtype)
+    return y
+
+
 def sinkhorn_plan_vjp(
     P: torch.Tensor, G: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,6 +75,9 @@ def sinkhorn_plan_vjp(
     col = P.sum(-2)  # (B, l)
     h_row = H.sum(-1)
     h_col = H.sum(-2)
+    # A column whose mass underflowed (a near-permutation plan in float32) carries no
+    # gradient; keep it from turning 0/0 into NaN.
+    col = col.clamp_min(torch.finfo(P.dtype).tiny)
     P_over_col = P / col.unsqueeze(-2)
     S = torch.diag_embed(row) - P_over_col @ P.transpose(-2, -1)
     k = S.shape[-1]
@@ -61,7 +85,7 @@ def sinkhorn_plan_vjp(
     # and selects the solution with sum(y_row) = 0 (the right-hand side is orthogonal to 1).
     S = S + (row.mean(-1) / k)[:, None, None]
     rhs = h_row - (P_over_col @ h_col.unsqueeze(-1)).squeeze(-1)
-    y_row = torch.linalg.solve(S, rhs.unsqueeze(-1)).squeeze(-1)
+    y_row = _solve_schur(S, rhs)
     y_col = (h_col - (P.transpose(-2, -1) @ y_row.unsqueeze(-1)).squeeze(-1)) / col
     grad_C = (P * (y_row.unsqueeze(-1) + y_col.unsqueeze(-2)) - H) / eps
     if transpose:

@@ -83,3 +83,42 @@ def test_implicit_backward_state_is_one_plan_whatever_the_iterations(gen):
     assert sizes[0] == sizes[1] == 256 * 256 * 4  # exactly the float32 plan
     _, unrolled = saved_tensor_bytes(lambda: sinkhorn(C, 0.05, tol=None, max_iter=20, grad="unroll"))
     assert unrolled > 20 * 256 * 256 * 4  # unrolling keeps at least one n x m tensor per iteration
+
+
+
+def test_permutation_plan_in_float32_takes_the_pseudo_inverse_and_matches_unrolled(gen, monkeypatch):
+    # The failure that stopped a training run: every clip far closer to its own caption, so
+    # the float32 plan is a permutation up to underflow (off-diagonal exp(-200) = 0). Each
+    # row of the Schur complement is then zero, S is singular and torch.linalg.solve used to
+    # raise "The solver failed because the input matrix is singular".
+    import mltm.ot.implicit as implicit
+
+    calls = []
+    pinv = torch.linalg.pinv
+    monkeypatch.setattr(implicit.torch.linalg, "pinv", lambda *a, **k: calls.append(1) or pinv(*a, **k))
+    C64 = torch.rand(12, 12, generator=gen, dtype=F64) + 10.0 * (1 - torch.eye(12, dtype=F64))
+    C = C64.float().requires_grad_()
+    P = sinkhorn(C, 0.05, tol=1e-6, max_iter=1000)
+    assert (P.detach() * (1 - torch.eye(12)) == 0).all()
+    g = torch.autograd.grad(_mltm_loss(P), C)[0]
+    assert calls, "the singular system did not take the pseudo-inverse path"
+    assert torch.isfinite(g).all()
+    # The exact gradient (float64, unrolled: the plan is a permutation up to e^-200) is ~0.
+    C2 = C64.clone().requires_grad_()
+    g_ref = torch.autograd.grad(_mltm_loss(sinkhorn(C2, 0.05, tol=1e-13, max_iter=10_000, grad="unroll")), C2)[0]
+    torch.testing.assert_close(g.double(), g_ref, atol=1e-6, rtol=0)
+
+
+def test_block_diagonal_plan_gradient_equals_unrolled(gen):
+    # Two groups 50 apart: the cross-group entries underflow even in float64, so the support
+    # splits in two blocks, each with its own (+t, -t) shift. The gradient must not see it.
+    C = torch.rand(10, 10, generator=gen, dtype=F64)
+    C[:5, 5:] += 50.0
+    C[5:, :5] += 50.0
+    C.requires_grad_()
+    P = sinkhorn(C, 0.05, tol=1e-13, max_iter=10_000)
+    assert (P.detach()[:5, 5:] == 0).all()
+    g_imp = torch.autograd.grad(_mltm_loss(P), C)[0]
+    C2 = C.detach().clone().requires_grad_()
+    g_unr = torch.autograd.grad(_mltm_loss(sinkhorn(C2, 0.05, tol=1e-13, max_iter=10_000, grad="unroll")), C2)[0]
+    assert ((g_imp - g_unr).norm() / g_unr.norm()).item() < 1e-8
