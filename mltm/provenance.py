@@ -33,7 +33,18 @@ def device_description(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{_cpu_model()} CPU, {torch.get_num_threads()} threads"
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``platform.processor()`` is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def provenance(device: torch.device | str = "cpu", config: Any = None,
