@@ -90,6 +90,13 @@ class ModelConfig:
         joint_dim: Dimension of the joint space (paper 1024).
         hidden_dim: Hidden width of the two-layer projection heads (reference code 2048).
         head_dropout: Dropout inside the heads (0 as the reference code).
+        feature_dtype: Precision in which frozen encoders compute the cached features
+            (``float64`` or ``float32``).
+        feature_bits: Significant bits the cached features are rounded to (None: no
+            rounding). With ``float64`` and 16 bits (the default) the cached features are
+            the same bits on every CPU: float64 rounding noise (~1e-13 relative) almost never
+            moves a value across a 16-bit rounding boundary (~1.5e-5 relative), whereas
+            float32 noise (~1e-6) moves most of them (``book/running.md``, "Portable runs").
     """
 
     audio_encoder: str = "aisfx"
@@ -103,6 +110,8 @@ class ModelConfig:
     joint_dim: int = 1024
     hidden_dim: int = 2048
     head_dropout: float = 0.0
+    feature_dtype: str = "float64"
+    feature_bits: int | None = 16
 
 
 @dataclass
@@ -188,7 +197,14 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs. ``out_dir`` receives checkpoints, metrics and results."""
+    """Everything a run needs. ``out_dir`` receives checkpoints, metrics and results.
+
+    ``dtype`` is the precision of the fast path (heads, M, loss and evaluation on cached
+    encoder outputs): ``float64`` (default) makes a seeded CPU run print the same numbers on
+    every CPU, since its rounding noise stays far below what the printed metrics resolve;
+    ``float32`` is about twice as fast and differs between instruction sets. The end-to-end
+    path (fine-tuned encoders) always trains in float32 (bfloat16 autocast on a GPU).
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -197,6 +213,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 1997
     device: str = "auto"
+    dtype: str = "float64"
     out_dir: str = "runs/default"
     progress: bool = True
 

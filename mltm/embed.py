@@ -7,10 +7,20 @@ The cache key covers the encoder (its class, options and a hash of its weights),
 front-end and clip-length settings, and every input (clip id, path, size and mtime of the
 audio file; caption text), so a change to any of them recomputes. Files are written
 atomically; a corrupted clip is skipped and counted, not fatal.
+
+**Portable features.** By default the encoders run on a float64 copy of themselves and the
+outputs are rounded to 16 significant bits (:func:`mltm.numerics.round_significant`), then
+stored as float32 (exactly). A float32 forward pass differs between CPUs in the last bits
+(measured: 84 % of the aisfx outputs and 97 % of the MiniLM outputs differ between
+``ATEN_CPU_CAPABILITY=default`` and ``avx2`` on one machine); the rounded float64 outputs are
+the same bits everywhere, so every run that starts from the cache starts from the same
+numbers. ``dtype=torch.float32, significant_bits=None`` restores the plain float32 forward
+(about 2x faster).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -24,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mltm._atomic import atomic_write
+from mltm.numerics import round_significant
 
 __all__ = [
     "cache_dir",
@@ -31,6 +42,7 @@ __all__ = [
     "encode_clips",
     "encode_texts",
     "cached",
+    "encoder_in",
 ]
 
 
@@ -74,6 +86,24 @@ def cached(kind: str, key: dict[str, Any], compute, directory: str | os.PathLike
     return value
 
 
+def encoder_in(encoder: nn.Module, dtype: torch.dtype, device) -> nn.Module:
+    """The encoder in eval mode on ``device`` with ``dtype`` parameters (a copy if it must change)."""
+    params = list(encoder.parameters()) + [b for b in encoder.buffers() if b.is_floating_point()]
+    if all(p.dtype == dtype for p in params):
+        return encoder.eval().to(device)
+    return copy.deepcopy(encoder).to(device=device, dtype=dtype).eval()
+
+
+def _finish(x: torch.Tensor, significant_bits: int | None) -> torch.Tensor:
+    if significant_bits is not None:
+        x = round_significant(x, significant_bits)
+    return x.float()
+
+
+def _precision_key(dtype: torch.dtype, significant_bits: int | None) -> dict[str, Any]:
+    return {"dtype": str(dtype), "significant_bits": significant_bits}
+
+
 def _file_stamp(path: Path) -> list[Any]:
     try:
         st = path.stat()
@@ -84,8 +114,12 @@ def _file_stamp(path: Path) -> list[Any]:
 
 def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
                  device: torch.device | str = "cpu", progress: bool = False,
-                 use_cache: bool = True) -> dict[str, torch.Tensor]:
+                 use_cache: bool = True, dtype: torch.dtype = torch.float64,
+                 significant_bits: int | None = 16) -> dict[str, torch.Tensor]:
     """Encoder outputs for every clip of a clips-view :class:`~mltm.data.AudioCaptionDataset`.
+
+    The encoder runs in ``dtype`` (on a copy when its parameters have another dtype) and
+    the outputs are rounded to ``significant_bits`` (see the module docstring).
 
     Returns:
         ``{"features": (N, D) float32, "valid": (N,) bool}``; rows of clips whose audio
@@ -98,7 +132,7 @@ def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
 
     def compute() -> dict[str, torch.Tensor]:
         was_training = encoder.training
-        encoder.eval().to(device)
+        enc = encoder_in(encoder, dtype, device)
         feats = torch.zeros(dataset.num_clips, encoder.out_dim)
         valid = torch.zeros(dataset.num_clips, dtype=torch.bool)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
@@ -109,9 +143,9 @@ def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
             for batch in tqdm(loader, desc="audio encoder", disable=not progress, leave=False):
                 if batch["audio"].shape[0] == 0:
                     continue
-                out = encoder(batch["audio"].to(device), batch["lengths"].to(device))
+                out = enc(batch["audio"].to(device, dtype), batch["lengths"].to(device))
                 idx = batch["index"]
-                feats[idx] = out.float().cpu()
+                feats[idx] = _finish(out.cpu(), significant_bits)
                 valid[idx] = True
         encoder.train(was_training)
         return {"features": feats, "valid": valid}
@@ -121,6 +155,7 @@ def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
     key = {
         "encoder": encoder_fingerprint(encoder),
         "frontend": repr(dataset.config),
+        "precision": _precision_key(dtype, significant_bits),
         "clips": [[r.clip_id] + _file_stamp(resolve_audio_path(r, dataset.root))
                   for r in dataset.records],
     }
@@ -129,24 +164,29 @@ def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
 
 def encode_texts(encoder: nn.Module, texts: Sequence[str], *, batch_size: int = 64,
                  device: torch.device | str = "cpu", progress: bool = False,
-                 use_cache: bool = True) -> torch.Tensor:
-    """Encoder outputs (M, D) float32 for caption texts (in order)."""
+                 use_cache: bool = True, dtype: torch.dtype = torch.float64,
+                 significant_bits: int | None = 16) -> torch.Tensor:
+    """Encoder outputs (M, D) float32 for caption texts (in order).
+
+    ``dtype`` and ``significant_bits`` as in :func:`encode_clips`.
+    """
     texts = list(texts)
 
     def compute() -> dict[str, torch.Tensor]:
         was_training = encoder.training
-        encoder.eval().to(device)
+        enc = encoder_in(encoder, dtype, device)
         out = []
         from tqdm import tqdm
 
         with torch.no_grad():
             for i in tqdm(range(0, len(texts), batch_size), desc="text encoder",
                           disable=not progress, leave=False):
-                out.append(encoder(texts[i:i + batch_size]).float().cpu())
+                out.append(_finish(enc(texts[i:i + batch_size]).cpu(), significant_bits))
         encoder.train(was_training)
         return {"features": torch.cat(out) if out else torch.zeros(0, encoder.out_dim)}
 
     if not use_cache:
         return compute()["features"]
-    key = {"encoder": encoder_fingerprint(encoder), "texts": texts}
+    key = {"encoder": encoder_fingerprint(encoder), "texts": texts,
+           "precision": _precision_key(dtype, significant_bits)}
     return cached("text", key, compute)["features"]

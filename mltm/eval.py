@@ -32,6 +32,7 @@ from mltm.provenance import provenance
 from mltm.train import (
     encode_split,
     evaluate_embeddings,
+    feature_precision,
     load_checkpoint,
     project_evalset,
     resolve_device,
@@ -62,8 +63,12 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zerosho
     cfg, model, loss, ckpt = load_checkpoint(checkpoint, device=dev)
     eps = cfg.eval.plan_eps if eps is None else eps
     root, split = _manifest_parts(manifest)
+    frozen = cfg.model.freeze_audio and cfg.model.freeze_text
+    # frozen encoders: the precision the model was trained on (the portable cached features)
+    precision = (feature_precision(cfg) if frozen
+                 else {"dtype": torch.float32, "significant_bits": None})
     es = encode_split(root, split, model.audio_encoder, model.text_encoder,
-                      max_seconds=cfg.data.max_seconds, device=dev, cache=True)
+                      max_seconds=cfg.data.max_seconds, device=dev, cache=frozen, **precision)
     audio, text = project_evalset(model, es, dev)
     out: dict[str, Any] = {
         "checkpoint": str(checkpoint), "manifest": str(manifest), "epoch": ckpt["epoch"],
@@ -74,10 +79,10 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zerosho
             raise ValueError(f"--zeroshot needs a label on every clip of {manifest}")
         classes = sorted(set(es.labels))
         prompts = [prompt_for(c, template) for c in classes]
-        feats = encode_texts(model.text_encoder, prompts, device=dev)
+        feats = encode_texts(model.text_encoder, prompts, device=dev, use_cache=frozen, **precision)
         with torch.no_grad():
             model.eval()
-            class_emb = model.project_text(feats.to(dev)).float()
+            class_emb = model.project_text(feats.to(dev, audio.dtype)).to(audio.dtype)
         labels = torch.tensor([classes.index(lab) for lab in es.labels], device=dev)
         out["task"] = "zeroshot"
         out["classes"] = classes

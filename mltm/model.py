@@ -18,6 +18,7 @@ from torch import nn
 from mltm.config import ModelConfig
 from mltm.encoders import build_audio_encoder, build_text_encoder
 from mltm.encoders.heads import ProjectionHead
+from mltm.numerics import default_dtype
 
 __all__ = ["AudioTextModel", "build_encoders", "build_model"]
 
@@ -86,10 +87,12 @@ def build_encoders(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
 
 
 def build_model(cfg: ModelConfig, *, audio_dim: int | None = None, text_dim: int | None = None,
-                with_encoders: bool = True) -> AudioTextModel:
+                with_encoders: bool = True, dtype: torch.dtype | None = None) -> AudioTextModel:
     """Build the model of a config, with its encoders or (fast path) heads only.
 
     Without encoders, ``audio_dim`` and ``text_dim`` give the encoder output sizes.
+    ``dtype``: the heads are initialised and kept in it (float64: the same initial weights
+    on every CPU, see :func:`mltm.numerics.default_dtype`); None: torch's default.
     """
     audio = text = None
     if with_encoders:
@@ -97,6 +100,7 @@ def build_model(cfg: ModelConfig, *, audio_dim: int | None = None, text_dim: int
         audio_dim, text_dim = audio.out_dim, text.out_dim
     if audio_dim is None or text_dim is None:
         raise ValueError("without encoders, give audio_dim and text_dim")
-    return AudioTextModel(audio_dim, text_dim, joint_dim=cfg.joint_dim,
-                          hidden_dim=cfg.hidden_dim, head_dropout=cfg.head_dropout,
-                          audio_encoder=audio, text_encoder=text)
+    with default_dtype(dtype):
+        return AudioTextModel(audio_dim, text_dim, joint_dim=cfg.joint_dim,
+                              hidden_dim=cfg.hidden_dim, head_dropout=cfg.head_dropout,
+                              audio_encoder=audio, text_encoder=text)

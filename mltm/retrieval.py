@@ -51,6 +51,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import torch
 
+from mltm.numerics import round_to_grid
 from mltm.ot import sinkhorn_log
 
 __all__ = [
@@ -321,9 +322,15 @@ def _check_rank_by(rank_by) -> None:
 def _scores_from_cost(
     C: torch.Tensor, rank_by: str, eps: float, sinkhorn_kwargs: dict | None
 ) -> torch.Tensor:
-    """Turn the (n, m) cost into scores in place: ``-C`` or the log of the uniform-marginal plan."""
+    """Turn the (n, m) cost into scores in place: ``-C`` or the log of the uniform-marginal plan.
+
+    Float64 scores are rounded onto a grid of ``2^-24 · max|score|`` (:func:`round_to_grid`),
+    so that items whose scores differ only by rounding noise (two captions with the same
+    text, whose embeddings came out of different rows of a matrix product) tie exactly on
+    every CPU instead of being ordered by the last bits of a kernel.
+    """
     if rank_by == "distance":
-        return C.neg_()
+        return _canonical_scores(C.neg_())
     kwargs = dict(_DEFAULT_SINKHORN)
     kwargs.update(sinkhorn_kwargs or {})
     for fixed in ("a", "b", "C", "eps"):
@@ -341,7 +348,19 @@ def _scores_from_cost(
         scale = float(eps)
         if kwargs.get("cost_normalization", "none") == "max":
             scale *= C.max().item()
-        return C.div_(-scale).add_(log_u[:, None]).add_(log_v[None, :])
+        return _canonical_scores(C.div_(-scale).add_(log_u[:, None]).add_(log_v[None, :]))
+
+
+# Grid of the float64 scores, relative to their largest magnitude: float64 noise (~1e-13
+# after a solve) is ~1e-6 of a step, so near-ties are decided the same way on every CPU,
+# while scores that really differ (by more than ~1e-7 of the range) keep their order.
+_SCORE_GRID_BITS = 24
+
+
+def _canonical_scores(S: torch.Tensor) -> torch.Tensor:
+    if S.dtype != torch.float64:
+        return S  # float32 noise (~1e-7) is as large as any grid that keeps the order
+    return round_to_grid(S, _SCORE_GRID_BITS)
 
 
 def _check_index_vector(t, name: str, length: int, length_name: str) -> None:

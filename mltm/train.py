@@ -46,6 +46,7 @@ from mltm._atomic import atomic_write
 from mltm.config import TrainConfig, config_from_dict, load_config, save_config
 from mltm.losses import MatchingLoss, build_loss
 from mltm.model import AudioTextModel, build_encoders, build_model
+from mltm.numerics import default_dtype
 from mltm.ot import ConvergenceWarning
 from mltm.provenance import provenance
 
@@ -59,6 +60,8 @@ __all__ = [
     "dataset_root",
     "seed_everything",
     "CHECKPOINT_FORMAT",
+    "compute_dtype",
+    "feature_precision",
 ]
 
 CHECKPOINT_FORMAT = "mltm-checkpoint/1"
@@ -87,6 +90,30 @@ def dataset_root(name: str) -> Path:
     return dataset_dir(name)
 
 
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def _parse_dtype(name: str, key: str) -> torch.dtype:
+    if name not in _DTYPES:
+        raise ValueError(f"config key {key}: {name!r} is not a dtype; use 'float64' or 'float32'")
+    return _DTYPES[name]
+
+
+def _is_fast(cfg: TrainConfig) -> bool:
+    return cfg.model.freeze_audio and cfg.model.freeze_text
+
+
+def compute_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The dtype heads, M and the loss train in: ``cfg.dtype`` on the fast path, else float32."""
+    return _parse_dtype(cfg.dtype, "dtype") if _is_fast(cfg) else torch.float32
+
+
+def feature_precision(cfg: TrainConfig) -> dict[str, Any]:
+    """``dtype`` / ``significant_bits`` of the frozen encoders' outputs (for ``encode_*``)."""
+    return {"dtype": _parse_dtype(cfg.model.feature_dtype, "model.feature_dtype"),
+            "significant_bits": cfg.model.feature_bits}
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
@@ -110,8 +137,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def build_loss_from_config(cfg: TrainConfig) -> MatchingLoss:
-    """The loss a config names, with only the hyper-parameters that loss takes."""
+def build_loss_from_config(cfg: TrainConfig, dtype: torch.dtype | None = None) -> MatchingLoss:
+    """The loss a config names, with only the hyper-parameters that loss takes.
+
+    ``dtype``: its parameters (M) are initialised in it (None: torch's default).
+    """
+    with default_dtype(dtype):
+        return _build_loss(cfg)
+
+
+def _build_loss(cfg: TrainConfig) -> MatchingLoss:
     lc = cfg.loss
     sk = {"max_iter": lc.sinkhorn_max_iter, "tol": lc.sinkhorn_tol}
     metric = {"kind": lc.metric.kind, "init": lc.metric.init, "rank": lc.metric.rank,
@@ -164,15 +199,23 @@ class EvalSet:
 
 
 def encode_split(root: Path, split: str, audio_encoder: nn.Module, text_encoder: nn.Module, *,
-                 max_seconds, device, cache: bool, progress: bool = False) -> EvalSet:
-    """Run both encoders over a split (clips view) and build an :class:`EvalSet`."""
+                 max_seconds, device, cache: bool, progress: bool = False,
+                 dtype: torch.dtype = torch.float64,
+                 significant_bits: int | None = 16) -> EvalSet:
+    """Run both encoders over a split (clips view) and build an :class:`EvalSet`.
+
+    ``dtype`` and ``significant_bits`` set the precision of the encoder outputs
+    (:func:`mltm.embed.encode_clips`; the defaults make them the same bits on every CPU).
+    """
     from mltm.data import AudioCaptionDataset
     from mltm.embed import encode_clips, encode_texts
 
     ds = AudioCaptionDataset(root, split, frontend=audio_encoder, max_seconds=max_seconds,
                              view="clips", output="waveform", train=False)
     unreadable = ds.skip_report.total  # dropped at the header scan
-    out = encode_clips(audio_encoder, ds, device=device, progress=progress, use_cache=cache)
+    precision = {"dtype": dtype, "significant_bits": significant_bits}
+    out = encode_clips(audio_encoder, ds, device=device, progress=progress, use_cache=cache,
+                       **precision)
     valid = out["valid"]
     keep = torch.nonzero(valid).flatten().tolist()
     captions, caption_clip = [], []
@@ -180,7 +223,8 @@ def encode_split(root: Path, split: str, audio_encoder: nn.Module, text_encoder:
         for c in ds.records[ci].captions:
             captions.append(c)
             caption_clip.append(new)
-    text = encode_texts(text_encoder, captions, device=device, progress=progress, use_cache=cache)
+    text = encode_texts(text_encoder, captions, device=device, progress=progress, use_cache=cache,
+                        **precision)
     return EvalSet(audio=out["features"][valid], text=text,
                    caption_clip=torch.tensor(caption_clip, dtype=torch.long),
                    labels=[ds.records[i].label for i in keep],
@@ -191,12 +235,16 @@ def encode_split(root: Path, split: str, audio_encoder: nn.Module, text_encoder:
 
 @torch.no_grad()
 def project_evalset(model: AudioTextModel, es: EvalSet, device, batch_size: int = 1024):
-    """Joint-space embeddings (audio (N, d), text (M, d)) of an :class:`EvalSet`."""
+    """Joint-space embeddings (audio (N, d), text (M, d)) of an :class:`EvalSet`.
+
+    Computed in the heads' dtype (float64 on the portable CPU path), never below float32.
+    """
     was = model.training
     model.eval()
-    a = torch.cat([model.project_audio(es.audio[i:i + batch_size].to(device)).float()
+    dtype = torch.promote_types(next(model.audio_head.parameters()).dtype, torch.float32)
+    a = torch.cat([model.project_audio(es.audio[i:i + batch_size].to(device, dtype)).to(dtype)
                    for i in range(0, len(es.audio), batch_size)])
-    t = torch.cat([model.project_text(es.text[i:i + batch_size].to(device)).float()
+    t = torch.cat([model.project_text(es.text[i:i + batch_size].to(device, dtype)).to(dtype)
                    for i in range(0, len(es.text), batch_size)])
     model.train(was)
     return a, t
@@ -255,8 +303,9 @@ def load_checkpoint(path: str | Path, *, device="cpu", with_encoders: bool = Tru
         raise ValueError(f"{path} is not an mltm checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     cfg = config_from_dict(ckpt["config"])
     dims = ckpt["dims"]
+    dtype = compute_dtype(cfg)  # the heads in the dtype they were trained in
     model = build_model(cfg.model, audio_dim=dims["audio"], text_dim=dims["text"],
-                        with_encoders=with_encoders)
+                        with_encoders=with_encoders, dtype=dtype)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     allowed = _frozen_prefixes(model, cfg) if with_encoders else ()
     bad_missing = [k for k in missing if not k.startswith(allowed)]
@@ -264,7 +313,7 @@ def load_checkpoint(path: str | Path, *, device="cpu", with_encoders: bool = Tru
     if bad_missing or bad_unexpected:
         raise ValueError(f"{path}: checkpoint does not match its config (missing {bad_missing[:5]}, "
                          f"unexpected {bad_unexpected[:5]})")
-    loss = build_loss_from_config(cfg)
+    loss = build_loss_from_config(cfg, dtype=dtype)
     loss.load_state_dict(ckpt["loss"])
     return cfg, model.to(device), loss.to(device), ckpt
 
@@ -298,7 +347,10 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.out = Path(config.out_dir)
         self.root = dataset_root(config.data.dataset)
-        self.fast = config.model.freeze_audio and config.model.freeze_text
+        self.fast = _is_fast(config)
+        self.dtype = compute_dtype(config)
+        self.precision = (feature_precision(config) if self.fast
+                          else {"dtype": torch.float32, "significant_bits": None})
         self._evalsets = dict(evalsets or {})
         if config.optim.batch_size < 2:
             raise ValueError("optim.batch_size must be at least 2 (a matching loss needs negatives)")
@@ -321,7 +373,7 @@ class Trainer:
             self._evalsets[split] = encode_split(
                 self.root, getattr(self.cfg.data, f"{split}_split"), audio_enc, text_enc,
                 max_seconds=self.cfg.data.max_seconds, device=self.device, cache=self.fast,
-                progress=self.cfg.progress)
+                progress=self.cfg.progress, **self.precision)
         return self._evalsets[split]
 
     def _train_pairs(self):
@@ -342,14 +394,14 @@ class Trainer:
         if self.fast:
             tr = self.evalset("train")
             model = build_model(cfg.model, audio_dim=tr.audio.shape[1], text_dim=tr.text.shape[1],
-                                with_encoders=False)
+                                with_encoders=False, dtype=self.dtype)
         else:
             audio_enc, text_enc = self._encoders()
             model = AudioTextModel(audio_enc.out_dim, text_enc.out_dim,
                                    joint_dim=cfg.model.joint_dim, hidden_dim=cfg.model.hidden_dim,
                                    head_dropout=cfg.model.head_dropout,
                                    audio_encoder=audio_enc, text_encoder=text_enc)
-        loss = build_loss_from_config(cfg)
+        loss = build_loss_from_config(cfg, dtype=self.dtype if self.fast else None)
         model.to(self.device)
         loss.to(self.device)
         o = cfg.optim
@@ -388,8 +440,8 @@ class Trainer:
             tr = self.evalset("train")
             rows = self._clip_row[clip]
             ok = rows >= 0  # clips whose audio could not be decoded are left out
-            a_feat = tr.audio[rows[ok]].to(self.device)
-            t_feat = self._pair_text_feats[torch.as_tensor(batch_idx)[ok]].to(self.device)
+            a_feat = tr.audio[rows[ok]].to(self.device, self.dtype)
+            t_feat = self._pair_text_feats[torch.as_tensor(batch_idx)[ok]].to(self.device, self.dtype)
             return model.project_audio(a_feat), model.project_text(t_feat), clip[ok].to(self.device)
         if batch["audio"].shape[0] == 0:  # every clip of the batch failed to decode
             return None, None, None
@@ -409,7 +461,7 @@ class Trainer:
 
         uniq = sorted(set(pairs_ds.pair_captions))
         feats = encode_texts(self._encoders()[1], uniq, device=self.device,
-                             progress=self.cfg.progress, use_cache=True)
+                             progress=self.cfg.progress, use_cache=True, **self.precision)
         pos = {t: i for i, t in enumerate(uniq)}
         self._pair_text_feats = feats[torch.tensor([pos[t] for t in pairs_ds.pair_captions])]
 

@@ -184,7 +184,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
     """Load an audio file as a mono float32 waveform at ``sample_rate``.
 
     Channels are averaged; other rates are converted with
-    :func:`torchaudio.functional.resample` (windowed sinc).
+    :func:`torchaudio.functional.resample` (windowed sinc), both in float64, rounded once
+    to float32 (portable: the same samples on every CPU).
 
     Args:
         path: The file (any format libsndfile reads: WAV, FLAC, Ogg/Vorbis, MP3, ...).
@@ -212,10 +213,13 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
         raise AudioLoadError("truncated", path, f"decoded {data.shape[0]} of {expected} frames")
     if not np.isfinite(data).all():
         raise AudioLoadError("non_finite", path, "NaN or infinite samples")
-    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1, dtype=np.float32)))
+    # The mix-down and the resampling run in float64 and are rounded once to float32, so
+    # the waveform is the same bits on every CPU (a float32 resampling convolution is not:
+    # its last bits depend on the SIMD path; see mltm.numerics).
+    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1, dtype=np.float64)))
     if sr != sample_rate:
         wave = torchaudio.functional.resample(wave, sr, sample_rate)
-    return wave.contiguous()
+    return wave.float().contiguous()
 
 
 def crop_waveform(

@@ -43,6 +43,8 @@ import torch
 import torchaudio
 from torch import nn
 
+from mltm.numerics import default_dtype
+
 __all__ = [
     "HasFrontEndConfig",
     "LogMelConfig",
@@ -251,6 +253,15 @@ class LogMelFrontEnd(nn.Module):
     def __init__(self, config: LogMelConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or LogMelConfig()
+        # The window and the filterbank are computed in float64 and rounded once to float32:
+        # computed in float32 their last bits depend on the CPU's SIMD path (measured: the
+        # l1-normalised filterbank moved the float64 log-mel by 3e-5 between
+        # ATEN_CPU_CAPABILITY=default and avx2), and every feature inherits them.
+        with default_dtype(torch.float64):
+            self._build_melspec(config)
+        self.melspec.float()
+
+    def _build_melspec(self, config: LogMelConfig) -> None:
         self.melspec = torchaudio.transforms.MelSpectrogram(
             sample_rate=config.sample_rate,
             n_fft=config.n_fft,
@@ -259,7 +270,7 @@ class LogMelFrontEnd(nn.Module):
             f_min=config.f_min,
             f_max=config.f_max,
             n_mels=config.n_mels,
-            window_fn=torch.hann_window,
+            window_fn=lambda n: torch.hann_window(n, dtype=torch.float64),
             power=config.power,
             center=config.center,
             pad_mode=config.pad_mode,
@@ -276,13 +287,19 @@ class LogMelFrontEnd(nn.Module):
         """Number of frames for ``num_samples`` samples (see :meth:`LogMelConfig.frames_for`)."""
         return self.config.frames_for(num_samples)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype: float32, or the dtype the module was cast to (e.g. ``.double()``)."""
+        return self.melspec.mel_scale.fb.dtype
+
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """Return the log-mel spectrogram of ``waveform`` (shape ``[..., T]``)."""
         min_len = self.config.n_fft // 2 + 1 if self.config.center else self.config.n_fft
         if waveform.shape[-1] < min_len:
             waveform = nn.functional.pad(waveform, (0, min_len - waveform.shape[-1]))
         cfg = self.config
-        waveform = waveform.float()
+        # float32 unless the module was cast (float64 for portable cached features)
+        waveform = waveform.to(self.dtype)
         if cfg.peak_normalize:
             peak = waveform.abs().amax(dim=-1, keepdim=True)
             waveform = waveform / torch.where(peak > 0, peak, torch.ones_like(peak))

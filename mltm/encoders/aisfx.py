@@ -221,7 +221,8 @@ class AisfxEncoder(nn.Module):
         is_features, lengths = check_audio_input(
             audio, lengths, self.frontend_config.n_mels, "AisfxEncoder"
         )
-        feats = audio.float() if is_features else self.frontend(zero_padding(audio, lengths))
+        feats = (audio.to(self.frontend.dtype) if is_features
+                 else self.frontend(zero_padding(audio, lengths)))
         B, _, n = feats.shape
         if is_features:
             valid = lengths if lengths is not None else torch.full((B,), n, device=feats.device)

@@ -204,7 +204,8 @@ class _PannsEncoder(nn.Module):
         """
         name = type(self).__name__
         is_features, lengths = check_audio_input(audio, lengths, 64, name)
-        feats = audio.float() if is_features else self.frontend(zero_padding(audio, lengths))
+        feats = (audio.to(self.frontend.dtype) if is_features
+                 else self.frontend(zero_padding(audio, lengths)))
         B, _, n = feats.shape
         if lengths is None:
             valid = None
