@@ -23,6 +23,10 @@ from mltm.numerics import default_dtype
 __all__ = ["AudioTextModel", "build_encoders", "build_model"]
 
 
+def _param_dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
 class AudioTextModel(nn.Module):
     """Encoders (optional) + projection heads to the joint space.
 
@@ -50,12 +54,15 @@ class AudioTextModel(nn.Module):
         self.audio_dim, self.text_dim, self.joint_dim = audio_dim, text_dim, joint_dim
 
     def project_audio(self, features: torch.Tensor) -> torch.Tensor:
-        """Audio encoder outputs (b, audio_dim) → joint space (b, joint_dim), unit norm."""
-        return self.audio_head(features)
+        """Audio encoder outputs (b, audio_dim) → joint space (b, joint_dim), unit norm.
+
+        Features are cast to the heads' dtype (float32 cached features into float64 heads).
+        """
+        return self.audio_head(features.to(_param_dtype(self.audio_head)))
 
     def project_text(self, features: torch.Tensor) -> torch.Tensor:
         """Text encoder outputs (b, text_dim) → joint space (b, joint_dim), unit norm."""
-        return self.text_head(features)
+        return self.text_head(features.to(_param_dtype(self.text_head)))
 
     def embed_audio(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None):
         """Waveforms (b, T) → joint space."""

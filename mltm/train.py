@@ -46,7 +46,7 @@ from mltm._atomic import atomic_write
 from mltm.config import TrainConfig, config_from_dict, load_config, save_config
 from mltm.losses import MatchingLoss, build_loss
 from mltm.model import AudioTextModel, build_encoders, build_model
-from mltm.numerics import default_dtype
+from mltm.numerics import default_dtype, tensor_digest
 from mltm.ot import ConvergenceWarning
 from mltm.provenance import provenance
 
@@ -190,6 +190,14 @@ class EvalSet:
     labels: list[str | None]
     clip_ids: list[str]
     skipped: int = 0
+
+    def digest(self) -> str:
+        """12 hex digits naming the encoder outputs and the caption-to-clip map.
+
+        Chapters print it before training: when two machines print different results, equal
+        digests rule out the features (and everything upstream of them) as the cause.
+        """
+        return tensor_digest(self.audio, self.text, self.caption_clip)
 
     def label_groups(self) -> torch.Tensor:
         """Integer id of each clip's label (clips without a label get their own id)."""
