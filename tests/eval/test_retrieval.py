@@ -589,3 +589,21 @@ def test_rank_inputs():
 def test_zero_shot_labels_out_of_range():
     with _raises("labels must hold class indices in [0, C) = [0, 4); got values in [0, 4]."):
         zero_shot_classification(torch.randn(3, 5), torch.randn(4, 5), torch.tensor([0, 4, 1]))
+
+
+def test_float64_scores_that_differ_by_rounding_noise_tie():
+    # Two captions with the same text whose embeddings came out of different rows of a matrix
+    # product differ in the last bits; on another CPU the order of those bits flips. After
+    # the score grid (mltm.numerics.round_to_grid) they tie exactly, so the optimistic rank
+    # is the same whichever copy came out larger.
+    g = torch.Generator().manual_seed(3)
+    audio = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(6, 8, generator=g, dtype=torch.float64), dim=-1)
+    text[4] = text[5] = audio[0]  # caption 4 is clip 0's best caption, and caption 5 ties with it
+    caption_clip = torch.tensor([0, 1, 2, 3, 0, 1])  # captions 4 and 5: same text, two clips
+    results = []
+    for sign in (1.0, -1.0):
+        t = text.clone()
+        t[5, 0] += sign * 2.0**-50
+        results.append(retrieval_metrics(audio, t, caption_clip, rank_by="distance"))
+    assert results[0] == results[1]
