@@ -50,7 +50,7 @@ if __package__ in (None, ""):
 from data_scripts import buildlib as bl  # noqa: E402
 from data_scripts.debian import Package, copyright_text, data_root, fetch_deb, unpack, unpack_zip_inside  # noqa: E402
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: mix-down and resampling in float64 (the same samples on every CPU)
 RULES_PATH = Path(__file__).resolve().parent / "rules" / "debsfx_rules.tsv"
 AUDIO_EXT = (".ogg", ".wav", ".flac")
 

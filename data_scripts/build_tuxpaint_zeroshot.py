@@ -43,7 +43,7 @@ if __package__ in (None, ""):
 from data_scripts import buildlib as bl  # noqa: E402
 from data_scripts.debian import copyright_text, data_root, fetch_deb, unpack  # noqa: E402
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: mix-down and resampling in float64 (the same samples on every CPU)
 PACKAGE = "tuxpaint-stamps-default"
 TABLE = Path(__file__).resolve().parent / "rules" / "tuxpaint_classes.tsv"
 STAMPS = "usr/share/tuxpaint/stamps"
