@@ -69,6 +69,12 @@ def safe_sqrt(x: torch.Tensor, tiny: float | None = None) -> torch.Tensor:
     return torch.where(positive, x.clamp_min(tiny).sqrt(), torch.zeros_like(x))
 
 
+def _symmetric_part(A: torch.Tensor) -> torch.Tensor:
+    """``(A + Aᵀ)/2``, bit for bit, through a contiguous (tiled) transpose: adding the
+    strided view ``A.T`` directly is several times slower for a large d×d matrix."""
+    return (A + A.T.contiguous()) * 0.5
+
+
 def project_psd(M: torch.Tensor, min_eigenvalue: float = 0.0) -> tuple[torch.Tensor, int]:
     """Project a square matrix onto ``{M = Mᵀ, λ_min(M) ≥ min_eigenvalue}``.
 
@@ -84,12 +90,12 @@ def project_psd(M: torch.Tensor, min_eigenvalue: float = 0.0) -> tuple[torch.Ten
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
         raise ValueError(f"project_psd needs a square matrix, got shape {tuple(M.shape)}")
     work = M.detach().to(torch.float64)
-    sym = 0.5 * (work + work.T)
+    sym = _symmetric_part(work)
     evals, evecs = torch.linalg.eigh(sym)
     clamped = int((evals < min_eigenvalue).sum())
     evals = evals.clamp_min(min_eigenvalue)
     out = (evecs * evals) @ evecs.T
-    out = 0.5 * (out + out.T)  # exact symmetry despite rounding
+    out = _symmetric_part(out)  # exact symmetry despite rounding
     return out.to(M.dtype), clamped
 
 
@@ -106,8 +112,11 @@ def is_feasible(M: torch.Tensor, min_eigenvalue: float = 0.0) -> bool:
     """
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
         raise ValueError(f"is_feasible needs a square matrix, got shape {tuple(M.shape)}")
-    work = M.detach().to(torch.float64)
-    shifted = 0.5 * (work + work.T)
+    return _cholesky_succeeds(_symmetric_part(M.detach()), min_eigenvalue)
+
+
+def _cholesky_succeeds(S: torch.Tensor, min_eigenvalue: float) -> bool:
+    shifted = S.to(torch.float64, copy=True)
     if min_eigenvalue:
         shifted.diagonal().sub_(min_eigenvalue)
     _, info = torch.linalg.cholesky_ex(shifted)
@@ -128,8 +137,11 @@ def project_psd_if_needed(M: torch.Tensor, min_eigenvalue: float = 0.0
         eigendecomposition was skipped), the number of clamped eigenvalues (0 when skipped)
         and whether the eigendecomposition ran.
     """
-    if is_feasible(M, min_eigenvalue):
-        return 0.5 * (M.detach() + M.detach().T), 0, False
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ValueError(f"project_psd needs a square matrix, got shape {tuple(M.shape)}")
+    sym = _symmetric_part(M.detach())
+    if _cholesky_succeeds(sym, min_eigenvalue):
+        return sym, 0, False
     projected, clamped = project_psd(M, min_eigenvalue)
     return projected, clamped, True
 

@@ -459,6 +459,7 @@ class Trainer:
             model.train()
             pairs_ds.set_epoch(epoch)
             total, n_steps, unconverged, clamped = 0.0, 0, 0, 0
+            projections_before = loss.projections_computed
             batches = self._batches(pairs_ds, epoch)
             if cfg.optim.max_steps_per_epoch is not None:
                 batches = batches[: cfg.optim.max_steps_per_epoch]
@@ -493,7 +494,10 @@ class Trainer:
                 n_steps += 1
             row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n_steps, 1),
                                    "steps": n_steps, "sinkhorn_unconverged": unconverged,
-                                   "clamped_eigenvalues": clamped}
+                                   "clamped_eigenvalues": clamped,
+                                   # steps whose eq. 11 projection needed the eigendecomposition
+                                   "projections_computed":
+                                       loss.projections_computed - projections_before}
             cost = getattr(loss, "cost", None)
             if cost is not None and cost.kind != "euclidean":
                 row["metric_min_eigenvalue"] = cost.min_eigenvalue_of_matrix()
