@@ -1,6 +1,9 @@
 """Training: hybrid SGD for m-LTM and its baselines (paper Algorithm 1, eq. 8 and 11).
 
-``python -m mltm.train --config FILE [--set key=value ...] [--out DIR] [--resume]``
+``python -m mltm.train --config FILE [--set key=value ...] [--out DIR] [--resume] [--debug]``
+
+A known error (missing dataset or config, bad config key or value, bad checkpoint) prints one
+line ``error: <message>`` on stderr and exits with status 2; ``--debug`` shows the traceback.
 
 Each step draws a mini-batch of b pairs whose clips (and caption texts) are distinct, embeds
 both sides, evaluates the loss, and takes one **hybrid** step: Adam on the encoders and
@@ -45,6 +48,7 @@ import torch
 from torch import nn
 
 from mltm._atomic import atomic_write
+from mltm._cli import add_debug_flag, run_cli
 from mltm.config import TrainConfig, config_from_dict, load_config, save_config
 from mltm.losses import MatchingLoss, build_loss
 from mltm.model import AudioTextModel, build_encoders, build_model
@@ -695,14 +699,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a config field, e.g. --set optim.lr=3e-4 (repeatable)")
     p.add_argument("--out", help="output directory (overrides out_dir)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    add_debug_flag(p)
     args = p.parse_args(argv)
-    overrides = list(args.set) + ([f"out_dir={args.out}"] if args.out else [])
-    cfg = load_config(args.config, overrides)
-    results = Trainer(cfg).run(resume=args.resume)
-    d = results["test"]["distance"]
-    print(json.dumps({"out_dir": cfg.out_dir, "best_epoch": results["best_epoch"],
-                      "test_a2t_R@1": d["a2t"]["R@1"], "test_t2a_R@1": d["t2a"]["R@1"]}))
-    return 0
+
+    def body() -> int:
+        overrides = list(args.set) + ([f"out_dir={args.out}"] if args.out else [])
+        cfg = load_config(args.config, overrides)
+        results = Trainer(cfg).run(resume=args.resume)
+        d = results["test"]["distance"]
+        print(json.dumps({"out_dir": cfg.out_dir, "best_epoch": results["best_epoch"],
+                          "test_a2t_R@1": d["a2t"]["R@1"], "test_t2a_R@1": d["t2a"]["R@1"]}))
+        return 0
+
+    # known errors: one line "error: ..." on stderr, exit status 2 (--debug: traceback)
+    return run_cli(body, debug=args.debug)
 
 
 if __name__ == "__main__":
