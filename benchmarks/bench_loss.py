@@ -13,7 +13,13 @@
      paper's eq. 9, not only its diagonal) and the diagonal one, implicit gradients,
      log-domain Sinkhorn to tol 1e-6.
    Target: mltm (full M) at least 20x faster.
-2. On CUDA only: a full end-to-end training step (aisfx + MiniLM encoders, heads, full M,
+2. One training step of M and the joint embeddings at b = 256, d = 1024, full M, measured
+   part by part in the same run: loss forward + backward, the Adam step, and the projected
+   step of eq. 11 both ways: skipped (M still feasible: one Cholesky test,
+   :func:`mltm.metric.project_psd_if_needed`) and forced (the full ``eigh`` projection),
+   with the share of each part in the step. Target: the skipped projection costs no more
+   than the loss.
+3. On CUDA only: a full end-to-end training step (aisfx + MiniLM encoders, heads, full M,
    b = 256 clips of 5 s, bfloat16 autocast), its time and clips/s.
 
 Results go to ``results/benchmarks/loss_<device>.json`` with commit, device and date.
@@ -101,6 +107,55 @@ def bench_loss(device, repeat):
     return rows
 
 
+def bench_step_parts(device, repeat, lr=1e-3):
+    """Loss fwd+bwd, Adam step and eq. 11 projection (skipped / forced) of one step."""
+    a0, t0, _ = inputs(device)
+    a, t = torch.nn.Parameter(a0.clone()), torch.nn.Parameter(t0.clone())
+    cost = MahalanobisCost(a.shape[1], "full").to(device)
+    loss = MLTMLoss(cost, eps=EPS, cost_normalization="max")
+    opt = torch.optim.Adam([a, t, cost.M], lr=lr)
+
+    def fwd_bwd_step():
+        opt.zero_grad(set_to_none=True)
+        loss(a, t).backward()
+
+    fwd_bwd_step()
+    opt.step()  # Adam's state exists: the timed steps are steady-state steps
+    cost.project_()
+    fwd_bwd_step()
+    snapshot = [p.detach().clone() for p in (a, t, cost.M)]
+    times = {"loss_fwd_bwd_ms": 1e3 * best_time(fwd_bwd_step, device, repeat)}
+    times["adam_step_ms"] = 1e3 * best_time(opt.step, device, repeat)
+    with torch.no_grad():  # back to M after one step from the identity: feasible
+        for p, v in zip((a, t, cost.M), snapshot):
+            p.copy_(v)
+    before = (cost.projections_computed, cost.projections_skipped)
+    times["projection_skipped_ms"] = 1e3 * best_time(cost.project_, device, repeat)
+    skipped = cost.projections_skipped - before[1]
+    computed = cost.projections_computed - before[0]
+    if computed or not skipped:
+        raise RuntimeError(f"M left the PSD cone during the benchmark ({computed} projections ran)")
+    times["projection_forced_eigh_ms"] = 1e3 * best_time(lambda: cost.project_(force=True), device,
+                                                   max(1, repeat - 1))
+    step = times["loss_fwd_bwd_ms"] + times["adam_step_ms"] + times["projection_skipped_ms"]
+    forced = times["loss_fwd_bwd_ms"] + times["adam_step_ms"] + times["projection_forced_eigh_ms"]
+    return {
+        **times,
+        "step_skipped_ms": step,
+        "step_forced_ms": forced,
+        "share_of_step_skipped": {k: times[f"{k}_ms"] / step
+                                  for k in ("loss_fwd_bwd", "adam_step", "projection_skipped")},
+        "share_of_step_forced": {
+            k: times[f"{k}_ms"] / forced
+            for k in ("loss_fwd_bwd", "adam_step", "projection_forced_eigh")},
+        "projection_skipped_over_loss": times["projection_skipped_ms"] / times["loss_fwd_bwd_ms"],
+        "projection_forced_over_loss": times["projection_forced_eigh_ms"] / times["loss_fwd_bwd_ms"],
+        "forced_over_skipped_projection": (times["projection_forced_eigh_ms"]
+                                           / times["projection_skipped_ms"]),
+        "lr": lr, "dtype": "float32", "metric": "full",
+    }
+
+
 def bench_train_step(device, repeat):
     """End-to-end step with both encoders fine-tuned (CUDA only)."""
     from mltm.encoders import build_audio_encoder, build_text_encoder
@@ -151,12 +206,25 @@ def main(argv=None) -> int:
     speedup = rows["released (einsum + POT 1000 it.)"]["fwd_bwd_ms"] / rows["mltm full M"]["fwd_bwd_ms"]
     print(f"  speed-up of mltm (full M) over the released formulation: {speedup:.1f}x (target >= 20)")
     targets = {"loss_speedup_vs_released_>=20": speedup >= 20}
+    results["step_parts_b256_d1024_full_M"] = sp = bench_step_parts(device, args.repeat)
+    print("\n[2] one training step (embeddings + full M), b=256, d=1024, Adam, eq. 11 projection")
+    for k, label in (("loss_fwd_bwd", "loss fwd+bwd"), ("adam_step", "Adam step"),
+                     ("projection_skipped", "projection, M feasible (Cholesky)"),
+                     ("projection_forced_eigh", "projection, forced eigh")):
+        share = (sp["share_of_step_skipped"].get(k) if k != "projection_forced_eigh"
+                 else sp["share_of_step_forced"][k])
+        print(f"  {label:<36} {sp[f'{k}_ms']:9.1f} ms   {100 * share:5.1f}% of its step")
+    print(f"  step {sp['step_skipped_ms']:.1f} ms when skipped, {sp['step_forced_ms']:.1f} ms forced; "
+          f"projection/loss {sp['projection_skipped_over_loss']:.2f} skipped, "
+          f"{sp['projection_forced_over_loss']:.2f} forced; eigh/Cholesky path "
+          f"{sp['forced_over_skipped_projection']:.1f}x")
+    targets["projection_skipped_<=_loss"] = sp["projection_skipped_over_loss"] <= 1
     if device.type == "cuda":
         results["train_step"] = ts = bench_train_step(device, args.repeat)
-        print(f"\n[2] end-to-end training step, b=256 x 5 s: {ts['step_ms']:.1f} ms, "
+        print(f"\n[3] end-to-end training step, b=256 x 5 s: {ts['step_ms']:.1f} ms, "
               f"{ts['clips_per_s']:.0f} clips/s, peak {ts['peak_memory_GB']:.1f} GB")
     else:
-        print("\n[2] end-to-end GPU training step: no CUDA device here (pending a GPU run)")
+        print("\n[3] end-to-end GPU training step: no CUDA device here (pending a GPU run)")
     print("\ntargets: " + ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in targets.items()))
     record = {"commit": git_commit(), "device": name,
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -2,6 +2,9 @@
 
 ``python -m mltm.eval --checkpoint CKPT --manifest DIR/test.jsonl [--zeroshot] [--out FILE]``
 
+A known error (missing or bad checkpoint, unreadable manifest) prints one line
+``error: <message>`` on stderr and exits with status 2; ``--debug`` shows the traceback.
+
 * **Retrieval** (default; the paper's protocol with several captions per clip): R@1/5/10,
   mAP@10, median and mean rank for audio→text and text→audio, ranked by the learned
   distance **and** by the transductive Sinkhorn plan between the whole test audio set and
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 
 from mltm._atomic import atomic_write
+from mltm._cli import add_debug_flag, run_cli
 from mltm.provenance import provenance
 from mltm.train import (
     encode_split,
@@ -44,7 +48,8 @@ __all__ = ["evaluate_checkpoint", "main"]
 def _manifest_parts(manifest: str | Path) -> tuple[Path, str]:
     p = Path(manifest)
     if not p.is_file():
-        raise FileNotFoundError(f"manifest {p} not found")
+        raise FileNotFoundError(f"manifest {p} not found; give a split file such as "
+                                "data/debsfx-ci/test.jsonl")
     if p.suffix != ".jsonl":
         raise ValueError(f"manifest {p} must be a split file named <split>.jsonl")
     return p.parent, p.stem
@@ -60,9 +65,9 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zerosho
 
     t0 = time.perf_counter()
     dev = resolve_device(device)
+    root, split = _manifest_parts(manifest)  # before the (slower) checkpoint and encoders
     cfg, model, loss, ckpt = load_checkpoint(checkpoint, device=dev)
     eps = cfg.eval.plan_eps if eps is None else eps
-    root, split = _manifest_parts(manifest)
     frozen = cfg.model.freeze_audio and cfg.model.freeze_text
     # frozen encoders: the precision the model was trained on (the portable cached features)
     precision = (feature_precision(cfg) if frozen
@@ -124,7 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tsne", action="store_true", help="add t-SNE coordinates")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="output JSON (default: print only)")
+    add_debug_flag(p)
     args = p.parse_args(argv)
+    # known errors: one line "error: ..." on stderr, exit status 2 (--debug: traceback)
+    return run_cli(lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
     rank_by = ("distance", "plan") if args.rank_by == "both" else (args.rank_by,)
     res = evaluate_checkpoint(args.checkpoint, args.manifest, zeroshot=args.zeroshot,
                               rank_by=rank_by, eps=args.eps, relevance=args.relevance,

@@ -117,6 +117,11 @@ class MatchingLoss(nn.Module):
         """Projected-gradient step on constrained parameters; returns #clamped values."""
         return 0
 
+    @property
+    def projections_computed(self) -> int:
+        """How many projected steps (eq. 11) ran a full eigendecomposition so far."""
+        return 0
+
 
 class MLTMLoss(MatchingLoss):
     """The m-LTM loss: KL(π̂ ‖ π_ε) under a learned ground cost (eq. 6, 7 and 10).
@@ -168,6 +173,10 @@ class MLTMLoss(MatchingLoss):
 
     def project_(self) -> int:
         return self.cost.project_() if isinstance(self.cost, MahalanobisCost) else 0
+
+    @property
+    def projections_computed(self) -> int:
+        return self.cost.projections_computed if isinstance(self.cost, MahalanobisCost) else 0
 
     def plan(self, C: torch.Tensor) -> torch.Tensor:
         """Transport plan of a batch cost matrix."""

@@ -1,6 +1,9 @@
 """Training: hybrid SGD for m-LTM and its baselines (paper Algorithm 1, eq. 8 and 11).
 
-``python -m mltm.train --config FILE [--set key=value ...] [--out DIR] [--resume]``
+``python -m mltm.train --config FILE [--set key=value ...] [--out DIR] [--resume] [--debug]``
+
+A known error (missing dataset or config, bad config key or value, bad checkpoint) prints one
+line ``error: <message>`` on stderr and exits with status 2; ``--debug`` shows the traceback.
 
 Each step draws a mini-batch of b pairs whose clips (and caption texts) are distinct, embeds
 both sides, evaluates the loss, and takes one **hybrid** step: Adam on the encoders and
@@ -30,10 +33,12 @@ import csv
 import io
 import json
 import math
+import pickle
 import random
 import sys
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,7 @@ import torch
 from torch import nn
 
 from mltm._atomic import atomic_write
+from mltm._cli import add_debug_flag, run_cli
 from mltm.config import TrainConfig, config_from_dict, load_config, save_config
 from mltm.losses import MatchingLoss, build_loss
 from mltm.model import AudioTextModel, build_encoders, build_model
@@ -55,6 +61,7 @@ __all__ = [
     "EvalSet",
     "build_loss_from_config",
     "load_checkpoint",
+    "read_checkpoint",
     "save_checkpoint",
     "resolve_device",
     "dataset_root",
@@ -64,7 +71,10 @@ __all__ = [
     "feature_precision",
 ]
 
-CHECKPOINT_FORMAT = "mltm-checkpoint/1"
+#: Version 2: tensors and plain data only (read with ``torch.load(weights_only=True)``, so a
+#: received checkpoint cannot run code); version 1 pickled NumPy RNG state and was read with
+#: ``weights_only=False``.
+CHECKPOINT_FORMAT = "mltm-checkpoint/2"
 
 
 # -- small helpers --------------------------------------------------------------------------
@@ -122,8 +132,17 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
+    """All RNG states as tensors and plain data (a checkpoint holds nothing else).
+
+    torch (and CUDA) states are uint8 tensors; NumPy's legacy state becomes a dict of a
+    list and numbers, Python's ``random`` state a list.
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"name": str(name), "keys": [int(k) for k in keys], "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": [int(version), [int(k) for k in internal], gauss_next]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -131,8 +150,11 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -279,12 +301,107 @@ def r_sum(metrics: dict[str, Any]) -> float:
 # -- checkpoints ----------------------------------------------------------------------------
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain(value: Any, where: str = "checkpoint") -> Any:
+    """``value`` as tensors and plain data only (dict/list/tuple/str/int/float/bool/None):
+    what ``torch.load(weights_only=True)`` reads back without unpickling arbitrary objects.
+
+    NumPy scalars and arrays become Python numbers and lists; ordered dicts (state dicts)
+    stay ordered dicts with their ``_metadata``. Anything else raises ``TypeError``.
+    """
+    if isinstance(value, torch.Tensor) or type(value) in _PLAIN:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        out = OrderedDict() if isinstance(value, OrderedDict) else {}
+        for k, v in value.items():
+            if type(k) not in (str, int):
+                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__}, not str or int")
+            out[k] = _plain(v, f"{where}.{k}")
+        if hasattr(value, "_metadata"):
+            out._metadata = _plain(value._metadata, f"{where}._metadata")
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    for kind in (bool, int, float, str):  # subclasses such as enums
+        if isinstance(value, kind):
+            return kind(value)
+    raise TypeError(f"{where} is a {type(value).__name__}: a checkpoint holds only tensors and "
+                    "plain data (dict, list, tuple, str, int, float, bool, None)")
+
+
+def _checkpoint_payload(cfg: TrainConfig, epoch: int, model, loss, opt, history, best, dims,
+                        frozen: tuple[str, ...]) -> dict[str, Any]:
+    """What a checkpoint holds: weights, optimiser and RNG state, config and history."""
+    return {
+        "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch,
+        "model": {k: v for k, v in model.state_dict().items() if not k.startswith(frozen)},
+        "loss": loss.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
+        "history": history, "best": best, "dims": dims,
+    }
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file, then rename: never a half-written checkpoint."""
+    """Write a checkpoint atomically (temporary file, then rename: never half-written).
+
+    The payload is converted to tensors and plain data (:func:`_plain`); it is written with
+    ``torch.save`` and read back by :func:`read_checkpoint` with ``weights_only=True``, so
+    loading a checkpoint received from elsewhere never executes pickled code.
+    """
+    payload = _plain(payload)
     buf = io.BytesIO()
     torch.save(payload, buf)
     with atomic_write(path, "wb") as f:
         f.write(buf.getvalue())
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw dict of an mltm checkpoint, read without executing any pickled code.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: ``"not an mltm checkpoint: <path>: <why>"`` for a file that is not a
+            torch archive (garbage, a plain pickle), a truncated or corrupt one, one holding
+            Python objects other than tensors and plain data (refused, never unpickled), or
+            one of another format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; give the best.pt or last.pt "
+                                "that python -m mltm.train wrote")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # torch.save's zip archive
+        raise ValueError(f"not an mltm checkpoint: {path}: not a torch zip archive (garbage, a "
+                         "raw pickle or another format); use a best.pt or last.pt written by "
+                         "python -m mltm.train")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = next((ln.strip() for ln in str(e).splitlines()
+                       if "Unsupported global" in ln or "Unsupported operand" in ln),
+                      str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        raise ValueError(f"not an mltm checkpoint: {path}: it holds pickled Python objects, "
+                         f"not only tensors and plain data, and was refused without running "
+                         f"them ({detail}); mltm checkpoints of format {CHECKPOINT_FORMAT!r} "
+                         "never do (older ones of format 'mltm-checkpoint/1' must be "
+                         "retrained)") from e
+    except Exception as e:  # truncated or corrupt archive: RuntimeError, EOFError, ...
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"not an mltm checkpoint: {path}: unreadable, truncated or corrupt "
+                         f"({detail})") from e
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if fmt != CHECKPOINT_FORMAT:
+        got = f"format {fmt!r}" if fmt is not None else "no 'format' field"
+        raise ValueError(f"not an mltm checkpoint: {path}: {got}, expected format "
+                         f"{CHECKPOINT_FORMAT!r}")
+    return ckpt
 
 
 def _frozen_prefixes(model: AudioTextModel, cfg: TrainConfig) -> tuple[str, ...]:
@@ -304,11 +421,7 @@ def load_checkpoint(path: str | Path, *, device="cpu", with_encoders: bool = Tru
     with the heads only.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an mltm checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    ckpt = read_checkpoint(path)
     cfg = config_from_dict(ckpt["config"])
     dims = ckpt["dims"]
     dtype = compute_dtype(cfg)  # the heads in the dtype they were trained in
@@ -495,7 +608,7 @@ class Trainer:
         if resume:
             if not last.is_file():
                 raise FileNotFoundError(f"--resume: {last} not found; start without --resume")
-            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+            ckpt = read_checkpoint(last)
             if _resume_key(ckpt["config"]) != _resume_key(cfg.to_dict()):
                 raise ValueError(f"--resume: {last} was written by a different config; "
                                  "use the same config (only optim.epochs may grow) or a new out_dir")
@@ -519,6 +632,7 @@ class Trainer:
             model.train()
             pairs_ds.set_epoch(epoch)
             total, n_steps, unconverged, clamped = 0.0, 0, 0, 0
+            projections_before = loss.projections_computed
             batches = self._batches(pairs_ds, epoch)
             if cfg.optim.max_steps_per_epoch is not None:
                 batches = batches[: cfg.optim.max_steps_per_epoch]
@@ -553,7 +667,10 @@ class Trainer:
                 n_steps += 1
             row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n_steps, 1),
                                    "steps": n_steps, "sinkhorn_unconverged": unconverged,
-                                   "clamped_eigenvalues": clamped}
+                                   "clamped_eigenvalues": clamped,
+                                   # steps whose eq. 11 projection needed the eigendecomposition
+                                   "projections_computed":
+                                       loss.projections_computed - projections_before}
             cost = getattr(loss, "cost", None)
             if cost is not None and cost.kind != "euclidean":
                 row["metric_min_eigenvalue"] = cost.min_eigenvalue_of_matrix()
@@ -567,12 +684,8 @@ class Trainer:
             improved = score > best["score"]
             if improved:
                 best = {"epoch": epoch, "score": score}
-            payload = {
-                "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch,
-                "model": {k: v for k, v in model.state_dict().items() if not k.startswith(frozen)},
-                "loss": loss.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
-                "history": history, "best": best, "dims": dims,
-            }
+            payload = _checkpoint_payload(cfg, epoch, model, loss, opt, history, best, dims,
+                                          frozen)
             save_checkpoint(last, payload)
             if improved:
                 save_checkpoint(self.out / "best.pt", payload)
@@ -646,14 +759,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a config field, e.g. --set optim.lr=3e-4 (repeatable)")
     p.add_argument("--out", help="output directory (overrides out_dir)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    add_debug_flag(p)
     args = p.parse_args(argv)
-    overrides = list(args.set) + ([f"out_dir={args.out}"] if args.out else [])
-    cfg = load_config(args.config, overrides)
-    results = Trainer(cfg).run(resume=args.resume)
-    d = results["test"]["distance"]
-    print(json.dumps({"out_dir": cfg.out_dir, "best_epoch": results["best_epoch"],
-                      "test_a2t_R@1": d["a2t"]["R@1"], "test_t2a_R@1": d["t2a"]["R@1"]}))
-    return 0
+
+    def body() -> int:
+        overrides = list(args.set) + ([f"out_dir={args.out}"] if args.out else [])
+        cfg = load_config(args.config, overrides)
+        results = Trainer(cfg).run(resume=args.resume)
+        d = results["test"]["distance"]
+        print(json.dumps({"out_dir": cfg.out_dir, "best_epoch": results["best_epoch"],
+                          "test_a2t_R@1": d["a2t"]["R@1"], "test_t2a_R@1": d["t2a"]["R@1"]}))
+        return 0
+
+    # known errors: one line "error: ..." on stderr, exit status 2 (--debug: traceback)
+    return run_cli(body, debug=args.debug)
 
 
 if __name__ == "__main__":

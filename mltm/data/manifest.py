@@ -234,6 +234,17 @@ def write_manifest(records: Iterable[ClipRecord], path: str | os.PathLike) -> No
             f.write("\n")
 
 
+def _manifest_lines(path: Path) -> Iterable[tuple[int, str | None, str | None]]:
+    """``(lineno, text, error)`` of each line; ``error`` when it is not UTF-8 text."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                yield lineno, raw.decode("utf-8"), None
+            except UnicodeDecodeError as e:
+                yield lineno, None, (f"not UTF-8 text ({e.reason} at byte {e.start}); "
+                                     "a manifest is UTF-8 JSON, one record a line")
+
+
 def read_manifest(path: str | os.PathLike) -> list[ClipRecord]:
     """Read a JSONL manifest.
 
@@ -255,22 +266,23 @@ def read_manifest(path: str | os.PathLike) -> list[ClipRecord]:
         raise FileNotFoundError(f"manifest {path} not found")
     out: list[ClipRecord] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            rec, cid, problems = _parse_line(text)
-            if problems:
-                who = f" (clip {cid!r})" if cid else ""
-                raise ValueError(f"{path}:{lineno}{who}: " + "; ".join(problems))
-            assert rec is not None
-            if rec.clip_id in seen:
-                raise ValueError(
-                    f"{path}:{lineno}: duplicate clip_id {rec.clip_id!r} "
-                    f"(first on line {seen[rec.clip_id]})"
-                )
-            seen[rec.clip_id] = lineno
-            out.append(rec)
+    for lineno, text, undecodable in _manifest_lines(path):
+        if undecodable:
+            raise ValueError(f"{path}:{lineno}: {undecodable}")
+        if not text.strip():
+            continue
+        rec, cid, problems = _parse_line(text)
+        if problems:
+            who = f" (clip {cid!r})" if cid else ""
+            raise ValueError(f"{path}:{lineno}{who}: " + "; ".join(problems))
+        assert rec is not None
+        if rec.clip_id in seen:
+            raise ValueError(
+                f"{path}:{lineno}: duplicate clip_id {rec.clip_id!r} "
+                f"(first on line {seen[rec.clip_id]})"
+            )
+        seen[rec.clip_id] = lineno
+        out.append(rec)
     return out
 
 
@@ -298,30 +310,33 @@ def validate_manifest(
     n_records = 0
     if check_audio:
         import soundfile as sf
-    with open(path, encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
+    for lineno, text, undecodable in _manifest_lines(path):
+        if undecodable:
             n_records += 1
-            rec, cid, msgs = _parse_line(text)
-            if cid is not None:
-                if cid in seen:
-                    msgs = msgs + [f"duplicate clip_id (first on line {seen[cid]})"]
-                else:
-                    seen[cid] = lineno
-            if rec is not None and check_audio:
-                audio = resolve_audio_path(rec, path.parent)
-                if not audio.is_file():
-                    msgs = msgs + [f"audio file {audio} not found"]
-                else:
-                    try:
-                        info = sf.info(str(audio))
-                        if info.frames <= 0:
-                            msgs = msgs + [f"audio file {audio} has no samples"]
-                    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError
-                        msgs = msgs + [f"audio file {audio} is unreadable: {e}"]
-            for m in msgs:
-                problems.append(ManifestProblem(lineno, cid, m))
+            problems.append(ManifestProblem(lineno, None, undecodable))
+            continue
+        if not text.strip():
+            continue
+        n_records += 1
+        rec, cid, msgs = _parse_line(text)
+        if cid is not None:
+            if cid in seen:
+                msgs = msgs + [f"duplicate clip_id (first on line {seen[cid]})"]
+            else:
+                seen[cid] = lineno
+        if rec is not None and check_audio:
+            audio = resolve_audio_path(rec, path.parent)
+            if not audio.is_file():
+                msgs = msgs + [f"audio file {audio} not found"]
+            else:
+                try:
+                    info = sf.info(str(audio))
+                    if info.frames <= 0:
+                        msgs = msgs + [f"audio file {audio} has no samples"]
+                except Exception as e:  # soundfile raises LibsndfileError/RuntimeError
+                    msgs = msgs + [f"audio file {audio} is unreadable: {e}"]
+        for m in msgs:
+            problems.append(ManifestProblem(lineno, cid, m))
     if n_records == 0:
         problems.append(ManifestProblem(0, None, f"manifest {path} has no records"))
     return problems
@@ -335,8 +350,16 @@ def _main(argv: Sequence[str] | None = None) -> int:
     v = sub.add_parser("validate", help="list every problem row; exit 1 if any")
     v.add_argument("paths", nargs="+", help="manifest files (.jsonl) or dataset directories")
     v.add_argument("--no-audio", action="store_true", help="skip the audio file checks")
-    args = parser.parse_args(argv)
+    from mltm._cli import add_debug_flag, run_cli
 
+    add_debug_flag(v)
+    args = parser.parse_args(argv)
+    # problems found: listed, exit 1; an error (e.g. an unreadable file): one line
+    # "error: ..." on stderr, exit 2 (--debug: traceback)
+    return run_cli(lambda: _validate(args), debug=args.debug)
+
+
+def _validate(args: argparse.Namespace) -> int:
     files: list[Path] = []
     for p in map(Path, args.paths):
         if p.is_dir():

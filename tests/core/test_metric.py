@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from mltm.metric import MahalanobisCost, project_psd, safe_sqrt, singular_value_clamp
+from mltm.metric import (
+    MahalanobisCost,
+    is_feasible,
+    project_psd,
+    project_psd_if_needed,
+    safe_sqrt,
+    singular_value_clamp,
+)
 from mltm.profiling import saved_tensor_bytes
 
 
@@ -154,6 +161,113 @@ def test_project_step_keeps_full_and_diagonal_feasible():
     with torch.no_grad():
         diag.weight[:2] = -1.0
     assert diag.project_() == 2 and torch.all(diag.weight >= 0)
+
+
+@pytest.fixture
+def eigh_calls(monkeypatch):
+    """Count the calls of ``torch.linalg.eigh`` (the eigendecomposition of eq. 11)."""
+    calls = []
+    real = torch.linalg.eigh
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", counting)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("floor", [0.0, 0.05])
+def test_projected_step_skips_eigh_when_m_is_feasible(dtype, floor, eigh_calls):
+    g = torch.Generator().manual_seed(11)
+    d = 32
+    S = (random_psd(d, g) + (floor + 0.1) * torch.eye(d, dtype=torch.float64)).to(dtype)
+    assert torch.linalg.eigvalsh(S.double())[0] > floor
+    assert is_feasible(S, floor)
+    out, clamped, computed = project_psd_if_needed(S, floor)
+    assert not computed and clamped == 0 and not eigh_calls
+    assert out.dtype == dtype and torch.equal(out, S)  # unchanged, bit for bit
+    # the same as always projecting, to the rounding of the eigendecomposition
+    ref, ref_clamped = project_psd(S, floor)
+    assert ref_clamped == 0
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    # through the module: M unchanged, the counters say the eigendecomposition was skipped
+    cost = MahalanobisCost(d, "full", min_eigenvalue=floor, dtype=dtype)
+    eigh_calls.clear()
+    with torch.no_grad():
+        cost.M.copy_(S)
+    assert cost.project_() == 0 and not eigh_calls
+    assert torch.equal(cost.M, S)
+    assert (cost.projections_computed, cost.projections_skipped) == (0, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("floor", [0.0, 0.05])
+def test_projected_step_equals_eigh_projection_when_m_is_not_feasible(dtype, floor, eigh_calls):
+    g = torch.Generator().manual_seed(12)
+    d = 32
+    A = torch.randn(d, d, generator=g, dtype=torch.float64).to(dtype)  # indefinite, asymmetric
+    assert not is_feasible(A, floor)
+    ref, ref_clamped = project_psd(A, floor)
+    eigh_calls.clear()
+    out, clamped, computed = project_psd_if_needed(A, floor)
+    assert computed and len(eigh_calls) == 1
+    assert torch.equal(out, ref) and clamped == ref_clamped > 0
+    assert torch.linalg.eigvalsh(out.double())[0] >= floor - (1e-12 if dtype == torch.float64 else 1e-5)
+    cost = MahalanobisCost(d, "full", min_eigenvalue=floor, dtype=dtype)
+    with torch.no_grad():
+        cost.M.copy_(A)
+    assert cost.project_() == ref_clamped and torch.equal(cost.M, ref)
+    assert (cost.projections_computed, cost.projections_skipped) == (1, 0)
+    # forced: always the eigendecomposition, same result
+    with torch.no_grad():
+        cost.M.copy_(A)
+    assert cost.project_(force=True) == ref_clamped and torch.equal(cost.M, ref)
+    assert cost.projections_computed == 2
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.05])
+def test_projected_step_on_the_boundary(floor):
+    """λ_min == min_eigenvalue: Cholesky of the shifted matrix fails, eigh runs, M stays put."""
+    g = torch.Generator().manual_seed(13)
+    d = 16
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    evals = torch.linspace(floor, 2.0, d, dtype=torch.float64)
+    evals[:3] = floor  # a triple eigenvalue exactly on the floor
+    S = (Q * evals) @ Q.T
+    S = 0.5 * (S + S.T)
+    out, clamped, computed = project_psd_if_needed(S, floor)
+    ref, _ = project_psd(S, floor)
+    torch.testing.assert_close(out, ref if computed else S, rtol=0, atol=0)
+    torch.testing.assert_close(out, S, rtol=1e-12, atol=1e-12)  # already feasible
+    # just outside: one eigenvalue below the floor is always projected
+    evals[0] = floor - 1e-3
+    S2 = (Q * evals) @ Q.T
+    out2, clamped2, computed2 = project_psd_if_needed(S2, floor)
+    assert computed2 and clamped2 >= 1
+    assert torch.linalg.eigvalsh(out2)[0] >= floor - 1e-12
+
+
+def test_projected_steps_of_a_training_run_match_always_projecting():
+    """Adam steps on a full M, projected the cheap way and the eigh way: same trajectory."""
+    d = 24
+    runs = []
+    for force in (False, True):
+        torch.manual_seed(0)
+        cost = MahalanobisCost(d, "full", dtype=torch.float64)
+        opt = torch.optim.Adam(cost.parameters(), lr=0.05)
+        x, y = torch.randn(40, d, dtype=torch.float64), torch.randn(40, d, dtype=torch.float64)
+        for _ in range(30):
+            opt.zero_grad()
+            (cost(x, y).diagonal().mean() - cost(x, y).mean()).backward()
+            opt.step()
+            cost.project_(force=force)
+        runs.append(cost)
+    cheap, always = runs
+    assert 0 < cheap.projections_computed < 30  # both paths ran
+    torch.testing.assert_close(cheap.M, always.M, rtol=1e-9, atol=1e-9)
 
 
 def test_lowrank_identity_init_has_euclidean_scale():

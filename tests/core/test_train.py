@@ -159,7 +159,8 @@ def test_bad_checkpoint_is_rejected(tmp_path):
     torch.save({"weights": 1}, bad)
     with pytest.raises(ValueError) as e:
         load_checkpoint(bad)
-    assert str(e.value) == f"{bad} is not an mltm checkpoint (expected format 'mltm-checkpoint/1')"
+    assert str(e.value) == (f"not an mltm checkpoint: {bad}: no 'format' field, expected format "
+                            f"'mltm-checkpoint/2'")
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
