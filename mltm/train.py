@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mltm import distributed
 from mltm._atomic import atomic_write
 from mltm.config import TrainConfig, config_from_dict, load_config, save_config
 from mltm.losses import MatchingLoss, build_loss
@@ -271,7 +272,7 @@ def load_checkpoint(path: str | Path, *, device="cpu", with_encoders: bool = Tru
 
 def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config a resumed run must share (more epochs and progress may differ)."""
-    key = json.loads(json.dumps(config))
+    key = json.loads(json.dumps(config_from_dict(config).to_dict()))  # fields added later: defaults
     key["optim"].pop("epochs", None)
     key.pop("progress", None)
     return key
@@ -374,8 +375,9 @@ class Trainer:
         keys = pairs_ds.pair_keys(tuple(self.cfg.data.unique_keys))
         sampler = UniqueClipBatchSampler(keys, self.cfg.optim.batch_size, seed=self.cfg.seed,
                                          drop_last=False)
-        # A final batch of one pair has no negative; drop batches shorter than 2.
-        return [b for b in sampler.batches(epoch) if len(b) >= 2]
+        # A final batch of one pair has no negative; drop batches shorter than 2. Under
+        # torchrun each rank takes its contiguous slice of every global batch.
+        return distributed.shard_batches([b for b in sampler.batches(epoch) if len(b) >= 2])
 
     def _step_embeddings(self, model, pairs_ds, batch_idx, batch):
         """Joint embeddings of a batch of pairs, and their clip ids.
@@ -416,16 +418,28 @@ class Trainer:
     # -- run --------------------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> dict[str, Any]:
-        """Train, validate every epoch, test the best checkpoint; return ``results.json``."""
+        """Train, validate every epoch, test the best checkpoint; return ``results.json``.
+
+        Under ``torchrun`` the process group is made from its environment variables (and
+        torn down at the end) and training is data-parallel (:mod:`mltm.distributed`);
+        rank 0 validates and writes every file, and every rank returns the results.
+        """
+        self.device = distributed.device_for_rank(self.device)
+        with distributed.process_group(self.device):
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> dict[str, Any]:
         from tqdm import tqdm
 
         cfg = self.cfg
         t_start = time.perf_counter()
         seed_everything(cfg.seed)
-        pairs_ds = self._train_pairs()
-        if self.fast:
-            self._prepare_fast_pairs(pairs_ds)
-        val = self.evalset("val")
+        world, main = distributed.get_world_size(), distributed.is_main_process()
+        with distributed.main_process_first():  # rank 0 fills the embedding cache
+            pairs_ds = self._train_pairs()
+            if self.fast:
+                self._prepare_fast_pairs(pairs_ds)
+            val = self.evalset("val")
         model, loss, opt = self._build()
         history: list[dict[str, Any]] = []
         best = {"epoch": -1, "score": -math.inf}
@@ -447,12 +461,17 @@ class Trainer:
             opt.load_state_dict(ckpt["optimizer"])
             _set_rng_state(ckpt["rng"])
             history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
-        save_config(cfg, self.out / "config.yaml")
+            if not cfg.dist.global_plan and ckpt.get("world_size", 1) != world:
+                raise ValueError(f"--resume: {last} was trained with per-rank plans on "
+                                 f"{ckpt.get('world_size', 1)} processes; resume on as many")
+        distributed.broadcast_parameters(model, loss)  # the same start on every rank
+        if main:
+            save_config(cfg, self.out / "config.yaml")
         frozen = _frozen_prefixes(model, cfg)
         dims = {"audio": model.audio_dim, "text": model.text_dim}
         params = [p for p in list(model.parameters()) + list(loss.parameters()) if p.requires_grad]
 
-        epochs = tqdm(range(start_epoch, cfg.optim.epochs), desc="epochs", disable=not cfg.progress,
+        epochs = tqdm(range(start_epoch, cfg.optim.epochs), desc="epochs", disable=not cfg.progress or not main,
                       initial=start_epoch, total=cfg.optim.epochs)
         for epoch in epochs:
             t0 = time.perf_counter()
@@ -471,6 +490,9 @@ class Trainer:
                 stream = ((None, batch) for batch in loader)
             for batch_idx, batch in stream:
                 a, t, clip = self._step_embeddings(model, pairs_ds, batch_idx, batch)
+                if world > 1:  # the global batch (or, per-rank plans, this rank's slice)
+                    a, t, clip = distributed.batch_for_loss(
+                        a, t, clip, global_plan=cfg.dist.global_plan, dim=cfg.model.joint_dim)
                 if a is None or a.shape[0] < 2:
                     continue
                 with warnings.catch_warnings(record=True) as caught:
@@ -485,12 +507,20 @@ class Trainer:
                         f"non-finite loss at epoch {epoch}: lower optim.lr or raise loss.eps")
                 opt.zero_grad(set_to_none=True)
                 value.backward()
+                distributed.average_gradients(params)  # = one process on the global batch
                 if cfg.optim.grad_clip:
                     nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
                 opt.step()
                 clamped += loss.project_()  # eq. 11: M <- Proj(F(M, grad M))
+                distributed.broadcast_parameters(loss)  # the same M on every rank
                 total += float(value.detach())
                 n_steps += 1
+            if world > 1 and not cfg.dist.global_plan:  # per-rank losses: their mean
+                total, unconverged = distributed.all_reduce_sum([total / world, unconverged])
+                unconverged = int(unconverged)
+            if not main:  # rank 0 validates and writes; the others wait for it
+                distributed.barrier()
+                continue
             row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n_steps, 1),
                                    "steps": n_steps, "sinkhorn_unconverged": unconverged,
                                    "clamped_eigenvalues": clamped}
@@ -511,16 +541,17 @@ class Trainer:
                 "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch,
                 "model": {k: v for k, v in model.state_dict().items() if not k.startswith(frozen)},
                 "loss": loss.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
-                "history": history, "best": best, "dims": dims,
+                "history": history, "best": best, "dims": dims, "world_size": world,
             }
             save_checkpoint(last, payload)
             if improved:
                 save_checkpoint(self.out / "best.pt", payload)
             self._write_metrics(history)
             epochs.set_postfix(loss=f"{row['train_loss']:.4f}", val_r_sum=f"{row['val_r_sum']:.1f}")
+            distributed.barrier()
 
-        results = self._test(t_start, history, best)
-        return results
+        results = self._test(t_start, history, best) if main else None
+        return distributed.broadcast_object(results)
 
     def _validate(self, model, loss, es: EvalSet) -> dict[str, Any]:
         if not self.fast:
@@ -562,7 +593,8 @@ class Trainer:
                                              eps=cfg.eval.plan_eps, clip_group=group)
                 for rank_by in ("distance", "plan")}
         results = {
-            "provenance": provenance(self.device, cfg.to_dict(), time.perf_counter() - t_start),
+            "provenance": provenance(self.device, cfg.to_dict(), time.perf_counter() - t_start,
+                                     world_size=distributed.get_world_size()),
             "dataset": str(self.root.name),
             "best_epoch": best["epoch"],
             "best_val": history[best["epoch"]] if 0 <= best["epoch"] < len(history) else None,
@@ -591,8 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, overrides)
     results = Trainer(cfg).run(resume=args.resume)
     d = results["test"]["distance"]
-    print(json.dumps({"out_dir": cfg.out_dir, "best_epoch": results["best_epoch"],
-                      "test_a2t_R@1": d["a2t"]["R@1"], "test_t2a_R@1": d["t2a"]["R@1"]}))
+    if distributed.is_main_process():
+        print(json.dumps({"out_dir": cfg.out_dir, "best_epoch": results["best_epoch"],
+                          "test_a2t_R@1": d["a2t"]["R@1"], "test_t2a_R@1": d["t2a"]["R@1"]}))
     return 0
 
 
