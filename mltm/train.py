@@ -376,8 +376,10 @@ class Trainer:
         sampler = UniqueClipBatchSampler(keys, self.cfg.optim.batch_size, seed=self.cfg.seed,
                                          drop_last=False)
         # A final batch of one pair has no negative; drop batches shorter than 2. Under
-        # torchrun each rank takes its contiguous slice of every global batch.
-        return distributed.shard_batches([b for b in sampler.batches(epoch) if len(b) >= 2])
+        # torchrun each rank takes its contiguous slice of every global batch (and a batch
+        # shorter than the number of processes, which would leave a rank empty, is dropped).
+        shortest = max(2, distributed.get_world_size())
+        return distributed.shard_batches([b for b in sampler.batches(epoch) if len(b) >= shortest])
 
     def _step_embeddings(self, model, pairs_ds, batch_idx, batch):
         """Joint embeddings of a batch of pairs, and their clip ids.
