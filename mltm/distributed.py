@@ -350,7 +350,8 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def all_reduce_sum(values: Sequence[float], device: torch.device | str | None = None) -> list[float]:
+def all_reduce_sum(values: Sequence[float],
+                   device: torch.device | str | None = None) -> list[float]:
     """Element-wise sum of a few numbers over the ranks (float64); identity in one process."""
     if not is_distributed():
         return [float(v) for v in values]

@@ -21,6 +21,10 @@ Every epoch: validation retrieval (ranked by the learned distance), a row in
 ``last.pt`` exactly: the batches of an epoch depend only on ``(seed, epoch)`` and the RNG
 states are restored. At the end the best checkpoint is evaluated on the test split, ranked
 both by distance and by the transductive Sinkhorn plan, into ``results.json``.
+
+``torchrun --nproc-per-node N -m mltm.train ...`` trains data-parallel on the same global
+batches, with the plan over the whole global batch (:mod:`mltm.distributed`,
+``dist.global_plan``); rank 0 validates and writes every file.
 """
 
 from __future__ import annotations
@@ -473,8 +477,9 @@ class Trainer:
         dims = {"audio": model.audio_dim, "text": model.text_dim}
         params = [p for p in list(model.parameters()) + list(loss.parameters()) if p.requires_grad]
 
-        epochs = tqdm(range(start_epoch, cfg.optim.epochs), desc="epochs", disable=not cfg.progress or not main,
-                      initial=start_epoch, total=cfg.optim.epochs)
+        epochs = tqdm(range(start_epoch, cfg.optim.epochs), desc="epochs",
+                      disable=not cfg.progress or not main, initial=start_epoch,
+                      total=cfg.optim.epochs)
         for epoch in epochs:
             t0 = time.perf_counter()
             model.train()

@@ -189,7 +189,8 @@ def test_helpers_are_identities_in_one_process():
 def data_root() -> Path:
     root = Path(os.environ.get("MLTM_DATA", REPO / "data"))
     if not (root / "debsfx-ci" / "train.jsonl").exists():
-        msg = f"the debsfx-ci dataset not found under {root}: run `bash data_scripts/build_all.sh ci`"
+        msg = (f"the debsfx-ci dataset not found under {root}: "
+               "run `bash data_scripts/build_all.sh ci`")
         if os.environ.get("MLTM_REQUIRE_DATA") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
@@ -261,3 +262,16 @@ def test_torchrun_resume_continues_exactly(two_process_run, tmp_path):
             assert torch.equal(a[part][k], b[part][k]), (part, k)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(a["history"]) == strip(b["history"])
+
+
+def test_torchrun_per_rank_plans(tmp_path):
+    out = tmp_path / "local"
+    res = torchrun(out, 1, "--set", "dist.global_plan=false",
+                   "--set", "optim.max_steps_per_epoch=3")
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert ckpt["world_size"] == WORLD and ckpt["history"][0]["steps"] == 3
+    assert res["provenance"]["world_size"] == WORLD
+    cfg = load_config(REPO / "configs" / "debsfx-ci.yaml",
+                      overrides(out, 2) + ["dist.global_plan=false", "optim.max_steps_per_epoch=3"])
+    with pytest.raises(ValueError, match="per-rank plans on 2 processes"):
+        Trainer(cfg).run(resume=True)  # one process cannot continue a 2-process local run
