@@ -117,7 +117,7 @@ def _loss_worker(rank, port, out, name, global_plan):
         if global_plan:
             assert torch.equal(C, clip)
         else:
-            value = torch.tensor(distributed.all_reduce_sum([float(value) / WORLD])[0],
+            value = torch.tensor(distributed.all_reduce_sum([float(value.detach()) / WORLD])[0],
                                  dtype=torch.float64)
         torch.save({"value": value.detach(), "a": a.grad, "t": t.grad, "rows": mine,
                     **grads(heads, loss)}, Path(out) / f"rank{rank}.pt")
