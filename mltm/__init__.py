@@ -11,6 +11,8 @@ Transportation" (ICLR 2024). One module per concept:
 - :mod:`mltm.encoders`, :mod:`mltm.model`: text and audio encoders, projection heads.
 - :mod:`mltm.train`, :mod:`mltm.eval`, :mod:`mltm.retrieval`: hybrid SGD training, retrieval
   and zero-shot evaluation (``python -m mltm.train``, ``python -m mltm.eval``).
+- :mod:`mltm.distributed`: data-parallel training under ``torchrun`` (embeddings gathered
+  with gradients so the plan spans the global batch, sharded batches, gradient averaging).
 - :mod:`mltm.records`, :mod:`mltm.provenance`: recorded experiment runs with the commit,
   configuration, device and date that produced them.
 """

@@ -36,6 +36,7 @@ __all__ = [
     "LossConfig",
     "OptimConfig",
     "EvalConfig",
+    "DistConfig",
     "TrainConfig",
     "load_config",
     "save_config",
@@ -196,6 +197,21 @@ class EvalConfig:
 
 
 @dataclass
+class DistConfig:
+    """Data-parallel training under ``torchrun`` (:mod:`mltm.distributed`; no effect in one
+    process).
+
+    Attributes:
+        global_plan: Gather the embeddings of every rank (with gradients) so that the Sinkhorn
+            plan and the loss span the global batch of ``optim.batch_size`` pairs, exactly as
+            one process would (True); or give each rank the plan of its own slice of about
+            ``batch_size / world_size`` pairs, and average the per-rank gradients (False).
+    """
+
+    global_plan: bool = True
+
+
+@dataclass
 class TrainConfig:
     """Everything a run needs. ``out_dir`` receives checkpoints, metrics and results.
 
@@ -211,6 +227,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     seed: int = 1997
     device: str = "auto"
     dtype: str = "float64"

@@ -48,8 +48,10 @@ def _cpu_model() -> str:
 
 
 def provenance(device: torch.device | str = "cpu", config: Any = None,
-               wall_time_s: float | None = None) -> dict[str, Any]:
-    """A dict to store beside any recorded number."""
+               wall_time_s: float | None = None, *,
+               world_size: int | None = None) -> dict[str, Any]:
+    """A dict to store beside any recorded number (``world_size``: processes of a
+    data-parallel run, see :mod:`mltm.distributed`)."""
     out: dict[str, Any] = {
         "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -61,4 +63,6 @@ def provenance(device: torch.device | str = "cpu", config: Any = None,
         out["config"] = config
     if wall_time_s is not None:
         out["wall_time_s"] = round(float(wall_time_s), 3)
+    if world_size is not None:
+        out["world_size"] = int(world_size)
     return out

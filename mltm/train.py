@@ -24,6 +24,10 @@ Every epoch: validation retrieval (ranked by the learned distance), a row in
 ``last.pt`` exactly: the batches of an epoch depend only on ``(seed, epoch)`` and the RNG
 states are restored. At the end the best checkpoint is evaluated on the test split, ranked
 both by distance and by the transductive Sinkhorn plan, into ``results.json``.
+
+``torchrun --nproc-per-node N -m mltm.train ...`` trains data-parallel on the same global
+batches, with the plan over the whole global batch (:mod:`mltm.distributed`,
+``dist.global_plan``); rank 0 validates and writes every file.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mltm import distributed
 from mltm._atomic import atomic_write
 from mltm._cli import add_debug_flag, run_cli
 from mltm.config import TrainConfig, config_from_dict, load_config, save_config
@@ -337,13 +342,13 @@ def _plain(value: Any, where: str = "checkpoint") -> Any:
 
 
 def _checkpoint_payload(cfg: TrainConfig, epoch: int, model, loss, opt, history, best, dims,
-                        frozen: tuple[str, ...]) -> dict[str, Any]:
+                        frozen: tuple[str, ...], world_size: int = 1) -> dict[str, Any]:
     """What a checkpoint holds: weights, optimiser and RNG state, config and history."""
     return {
         "format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch,
         "model": {k: v for k, v in model.state_dict().items() if not k.startswith(frozen)},
         "loss": loss.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
-        "history": history, "best": best, "dims": dims,
+        "history": history, "best": best, "dims": dims, "world_size": world_size,
     }
 
 
@@ -441,7 +446,7 @@ def load_checkpoint(path: str | Path, *, device="cpu", with_encoders: bool = Tru
 
 def _resume_key(config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config a resumed run must share (more epochs and progress may differ)."""
-    key = json.loads(json.dumps(config))
+    key = json.loads(json.dumps(config_from_dict(config).to_dict()))  # fields added later: defaults
     key["optim"].pop("epochs", None)
     key.pop("progress", None)
     return key
@@ -547,8 +552,11 @@ class Trainer:
         keys = pairs_ds.pair_keys(tuple(self.cfg.data.unique_keys))
         sampler = UniqueClipBatchSampler(keys, self.cfg.optim.batch_size, seed=self.cfg.seed,
                                          drop_last=False)
-        # A final batch of one pair has no negative; drop batches shorter than 2.
-        return [b for b in sampler.batches(epoch) if len(b) >= 2]
+        # A final batch of one pair has no negative; drop batches shorter than 2. Under
+        # torchrun each rank takes its contiguous slice of every global batch (and a batch
+        # shorter than the number of processes, which would leave a rank empty, is dropped).
+        shortest = max(2, distributed.get_world_size())
+        return distributed.shard_batches([b for b in sampler.batches(epoch) if len(b) >= shortest])
 
     def _step_embeddings(self, model, pairs_ds, batch_idx, batch):
         """Joint embeddings of a batch of pairs, and their clip ids.
@@ -589,16 +597,28 @@ class Trainer:
     # -- run --------------------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> dict[str, Any]:
-        """Train, validate every epoch, test the best checkpoint; return ``results.json``."""
+        """Train, validate every epoch, test the best checkpoint; return ``results.json``.
+
+        Under ``torchrun`` the process group is made from its environment variables (and
+        torn down at the end) and training is data-parallel (:mod:`mltm.distributed`);
+        rank 0 validates and writes every file, and every rank returns the results.
+        """
+        self.device = distributed.device_for_rank(self.device)
+        with distributed.process_group(self.device):
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> dict[str, Any]:
         from tqdm import tqdm
 
         cfg = self.cfg
         t_start = time.perf_counter()
         seed_everything(cfg.seed)
-        pairs_ds = self._train_pairs()
-        if self.fast:
-            self._prepare_fast_pairs(pairs_ds)
-        val = self.evalset("val")
+        world, main = distributed.get_world_size(), distributed.is_main_process()
+        with distributed.main_process_first():  # rank 0 fills the embedding cache
+            pairs_ds = self._train_pairs()
+            if self.fast:
+                self._prepare_fast_pairs(pairs_ds)
+            val = self.evalset("val")
         model, loss, opt = self._build()
         history: list[dict[str, Any]] = []
         best = {"epoch": -1, "score": -math.inf}
@@ -620,13 +640,19 @@ class Trainer:
             opt.load_state_dict(ckpt["optimizer"])
             _set_rng_state(ckpt["rng"])
             history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
-        save_config(cfg, self.out / "config.yaml")
+            if not cfg.dist.global_plan and ckpt.get("world_size", 1) != world:
+                raise ValueError(f"--resume: {last} was trained with per-rank plans on "
+                                 f"{ckpt.get('world_size', 1)} processes; resume on as many")
+        distributed.broadcast_parameters(model, loss)  # the same start on every rank
+        if main:
+            save_config(cfg, self.out / "config.yaml")
         frozen = _frozen_prefixes(model, cfg)
         dims = {"audio": model.audio_dim, "text": model.text_dim}
         params = [p for p in list(model.parameters()) + list(loss.parameters()) if p.requires_grad]
 
-        epochs = tqdm(range(start_epoch, cfg.optim.epochs), desc="epochs", disable=not cfg.progress,
-                      initial=start_epoch, total=cfg.optim.epochs)
+        epochs = tqdm(range(start_epoch, cfg.optim.epochs), desc="epochs",
+                      disable=not cfg.progress or not main, initial=start_epoch,
+                      total=cfg.optim.epochs)
         for epoch in epochs:
             t0 = time.perf_counter()
             model.train()
@@ -645,6 +671,9 @@ class Trainer:
                 stream = ((None, batch) for batch in loader)
             for batch_idx, batch in stream:
                 a, t, clip = self._step_embeddings(model, pairs_ds, batch_idx, batch)
+                if world > 1:  # the global batch (or, per-rank plans, this rank's slice)
+                    a, t, clip = distributed.batch_for_loss(
+                        a, t, clip, global_plan=cfg.dist.global_plan, dim=cfg.model.joint_dim)
                 if a is None or a.shape[0] < 2:
                     continue
                 with warnings.catch_warnings(record=True) as caught:
@@ -659,12 +688,20 @@ class Trainer:
                         f"non-finite loss at epoch {epoch}: lower optim.lr or raise loss.eps")
                 opt.zero_grad(set_to_none=True)
                 value.backward()
+                distributed.average_gradients(params)  # = one process on the global batch
                 if cfg.optim.grad_clip:
                     nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
                 opt.step()
                 clamped += loss.project_()  # eq. 11: M <- Proj(F(M, grad M))
+                distributed.broadcast_parameters(loss)  # the same M on every rank
                 total += float(value.detach())
                 n_steps += 1
+            if world > 1 and not cfg.dist.global_plan:  # per-rank losses: their mean
+                total, unconverged = distributed.all_reduce_sum([total / world, unconverged])
+                unconverged = int(unconverged)
+            if not main:  # rank 0 validates and writes; the others wait for it
+                distributed.barrier()
+                continue
             row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n_steps, 1),
                                    "steps": n_steps, "sinkhorn_unconverged": unconverged,
                                    "clamped_eigenvalues": clamped,
@@ -685,15 +722,16 @@ class Trainer:
             if improved:
                 best = {"epoch": epoch, "score": score}
             payload = _checkpoint_payload(cfg, epoch, model, loss, opt, history, best, dims,
-                                          frozen)
+                                          frozen, world_size=world)
             save_checkpoint(last, payload)
             if improved:
                 save_checkpoint(self.out / "best.pt", payload)
             self._write_metrics(history)
             epochs.set_postfix(loss=f"{row['train_loss']:.4f}", val_r_sum=f"{row['val_r_sum']:.1f}")
+            distributed.barrier()
 
-        results = self._test(t_start, history, best)
-        return results
+        results = self._test(t_start, history, best) if main else None
+        return distributed.broadcast_object(results)
 
     def _validate(self, model, loss, es: EvalSet) -> dict[str, Any]:
         if not self.fast:
@@ -735,7 +773,8 @@ class Trainer:
                                              eps=cfg.eval.plan_eps, clip_group=group)
                 for rank_by in ("distance", "plan")}
         results = {
-            "provenance": provenance(self.device, cfg.to_dict(), time.perf_counter() - t_start),
+            "provenance": provenance(self.device, cfg.to_dict(), time.perf_counter() - t_start,
+                                     world_size=distributed.get_world_size()),
             "dataset": str(self.root.name),
             "best_epoch": best["epoch"],
             "best_val": history[best["epoch"]] if 0 <= best["epoch"] < len(history) else None,
@@ -767,8 +806,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         results = Trainer(cfg).run(resume=args.resume)
         d = results["test"]["distance"]
-        print(json.dumps({"out_dir": cfg.out_dir, "best_epoch": results["best_epoch"],
-                          "test_a2t_R@1": d["a2t"]["R@1"], "test_t2a_R@1": d["t2a"]["R@1"]}))
+        if distributed.is_main_process():
+            print(json.dumps({"out_dir": cfg.out_dir, "best_epoch": results["best_epoch"],
+                              "test_a2t_R@1": d["a2t"]["R@1"], "test_t2a_R@1": d["t2a"]["R@1"]}))
         return 0
 
     # known errors: one line "error: ..." on stderr, exit status 2 (--debug: traceback)
