@@ -19,11 +19,11 @@ ranks by its log, ``(f_i + g_j - C_ij) / eps`` (:func:`mltm.retrieval.plan_topk`
 
 One pass per iteration: within a block of rows the row update needs all ``M`` columns
 (present), and the block's contribution to the next column update is accumulated as the
-block goes by. Each block is stabilised by the current potentials, i.e. the kernel
-``E_ij = exp(-C_ij/eps + log u_i + log v_j)`` is the current plan (Schmitzer's absorption,
-done for free because the block is recomputed anyway). Its row sums give the new ``u``
-(``u_i <- u_i a_i / sum_j E_ij``) and ``E^T (a / E 1)`` the column sums of the plan
-``(u_new, v)``, whose distance to ``b`` is the convergence test (POT's, as in
+block goes by. Each block is stabilised by the current column potential, i.e. the kernel
+``E_ij = exp(-C_ij/eps + log v_j)`` has columns that carried mass ``b_j`` at the last update
+(Schmitzer's absorption, done for free because the block is recomputed anyway). Its row
+sums give the new ``u`` (``u_i = a_i / sum_j E_ij``) and ``E^T (a / E 1)`` the column sums of
+the plan ``(u_new, v)``, whose distance to ``b`` is the convergence test (POT's, as in
 :func:`mltm.ot.sinkhorn_log`) and from which the new ``v`` follows. Only matrix-vector
 products and one ``exp`` per entry are needed; a block whose row sums under- or overflow
 (a poor start, a very wide cost range) is redone with exact log-sum-exp, and so is the
@@ -237,7 +237,10 @@ def streamed_sinkhorn_potentials(
             col = torch.zeros(M, dtype=torch.float64, device=device)
             new_log_u = torch.empty_like(log_u)
             for s, e, C in blocks():
-                E = C.mul_(neg_inv_eps).add_(log_v[None, :]).add_(log_u[s:e, None]).exp_()
+                # E_ij = exp(-C_ij/eps + log v_j): rows sum to a_i / u_new_i, and
+                # (a / E 1)^T E are the column sums of the plan (u_new, v). Two fused passes
+                # over the block (add, exp) plus two matrix-vector products.
+                E = torch.add(log_v[None, :], C, alpha=neg_inv_eps, out=C).exp_()
                 S = E.sum(1)
                 if not bool(((S >= row_floor) & (S < math.inf)).all()):
                     # Row sums under/overflowed: exact log-sum-exp for this block.
@@ -246,9 +249,8 @@ def streamed_sinkhorn_potentials(
                     new_log_u[s:e] = lu
                     col += Z.add_(lu[:, None]).exp_().sum(0).double()
                     continue
-                r = a_w[s:e] / S  # u_new / u_old
-                new_log_u[s:e] = log_u[s:e] + log_a[s:e] - S.log()
-                col += (r.unsqueeze(0) @ E).squeeze(0).double()
+                new_log_u[s:e] = log_a[s:e] - S.log()
+                col += ((a_w[s:e] / S).unsqueeze(0) @ E).squeeze(0).double()
             log_u = new_log_u
             it += 1
             if tol is not None and (it % check_every == 0 or it == max_iter):
