@@ -22,6 +22,12 @@ scalings with log-sum-exp, which never underflows:
 ``v`` is updated first so the row marginal is exact after every iteration; convergence is
 measured on the column marginal, ``||pi^T 1 - b||_2`` (POT's stopping criterion), computed
 from the log-sum-exp that the next ``v`` update needs anyway.
+
+Where no autograd graph is recorded (the forward of the implicit gradient, inference) the
+same iterates are computed faster: on a CPU by Algorithm 2 itself on ``K = exp(-(C - min C)/
+eps)`` when its range is safe (:func:`_iterate_kernel`, matrix-vector products, checks every
+``check_every`` iterations, absorption and rollback to the stabilised path), else by the
+stabilised absorbed iteration (:func:`_iterate_absorbed`); on a GPU by fused kernels.
 """
 
 from __future__ import annotations
@@ -496,12 +502,18 @@ def sinkhorn(
             (``M / M.max()``, gradients flow through the maximum). ε is then relative to
             the largest cost, which keeps conditioning fixed as a learned metric grows.
         backend: How the iterations run when no autograd graph is recorded (the implicit
-            forward, inference). ``"torch"``: log-sum-exp over ``C`` every half-step.
-            ``"absorbed"``: the same iteration with the scalings absorbed into a stabilised
-            kernel, so each half-step is a matrix-vector product (about 3x faster on a CPU).
-            ``"cuda_graph"``: fused Triton kernels replayed from a CUDA graph. ``"auto"``
-            (default): ``cuda_graph`` on a GPU, ``absorbed`` on a CPU. Unrolled gradients
-            always use ``"torch"``.
+            forward, inference). ``"torch"``: log-sum-exp over ``C`` every half-step (forces
+            the log domain). ``"kernel"``: the paper's Algorithm 2 on the scalings,
+            ``u = a / (K v)``, ``v = b / (K^T u)`` with ``K = exp(-(C - min C)/eps)``, one
+            matrix-vector product per half-step and one host synchronisation per
+            ``check_every`` iterations; used when ``(max C - min C)/eps`` is at most 30
+            (float32) or 80 (float64), otherwise (and after a numerical blow-up, rolled back
+            to the last check) ``"absorbed"`` takes over. ``"absorbed"``: the log-domain
+            iteration with the scalings absorbed into a stabilised kernel and checked every
+            iteration, for any cost range. ``"cuda_graph"``: fused Triton kernels replayed
+            from a CUDA graph. ``"auto"`` (default): ``cuda_graph`` on a GPU, ``kernel`` on a
+            CPU. All give the log-domain iterates up to rounding (same plan, scalings and
+            stopping iteration). Unrolled gradients always use ``"torch"``.
 
     Returns:
         The plan, same shape, dtype and device as ``C``.
