@@ -34,6 +34,14 @@ non-relevant items it ties with. With continuous scores ties do not occur and th
 reference's ``argsort``; with ties the reference's order is arbitrary (argsort's), so the
 optimistic rule is the one well-defined choice that also matches it on tie-free scores.
 
+**Galleries beyond memory.** :func:`plan_topk` gives the same plan ranking (eq. 5) as top-k
+lists without any N×M matrix: the dual potentials come from
+:func:`mltm.ot.streamed_sinkhorn_potentials` (cost blocks recomputed from the embeddings,
+log-sum-exp accumulated block by block), and the top k of each query's log plan
+``-C_ij/eps + log_u_i + log_v_j`` are then taken block by block, so memory is
+O((N + M) d + Q k) plus one block (20,000 × 100,000 at d = 64 takes a few hundred MB where
+the dense plan ranking would need three 8 GB matrices).
+
 **Memory** is linear in the gallery plus at most one N×M cost/score matrix: the cost is built
 in row chunks (:func:`pairwise_cost`, never an n×m×d tensor), turned into scores in place,
 and ranked in row chunks of about 4M entries (a2t on rows, t2a on the transposed view, no
@@ -46,13 +54,14 @@ tensors needed ~37 GB each.
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from mltm.numerics import round_to_grid
 from mltm.ot import sinkhorn_log
+from mltm.ot.streamed import StreamedSinkhornResult, streamed_sinkhorn_potentials
 
 __all__ = [
     "cosine_distance",
@@ -61,6 +70,8 @@ __all__ = [
     "ranks_from_scores",
     "average_precision_at_k",
     "retrieval_metrics",
+    "plan_topk",
+    "PlanTopK",
     "zero_shot_classification",
     "prompt_for",
     "modality_gap",
@@ -468,6 +479,128 @@ def retrieval_metrics(
         "num_clips": N,
         "num_captions": M,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan ranking for galleries beyond memory (streamed)
+
+
+class PlanTopK(NamedTuple):
+    """What :func:`plan_topk` returns.
+
+    Attributes:
+        indices: (Q, k) long, gallery indices of each query's top k, best first.
+        scores: (Q, k) their log-plan scores ``-C_ij/eps + log_u_i + log_v_j`` (descending).
+        potentials: The :class:`mltm.ot.StreamedSinkhornResult` of the solve (pass it back
+            as ``potentials=`` to rank the other direction without solving again).
+    """
+
+    indices: torch.Tensor
+    scores: torch.Tensor
+    potentials: StreamedSinkhornResult
+
+
+def _cosine_of_normalized(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``1 - x y^T`` for rows already of unit norm: :func:`cosine_distance` without renormalising.
+
+    The subtraction is done in place (``addmm`` into ones is slower on the CPU: it first
+    copies the ones into the output).
+    """
+    P = x @ y.transpose(-2, -1)
+    return torch.sub(torch.ones((), dtype=P.dtype, device=P.device), P, out=P)
+
+
+def plan_topk(
+    audio: torch.Tensor,
+    text: torch.Tensor,
+    k: int,
+    *,
+    cost: Cost = cosine_distance,
+    eps: float = 0.05,
+    direction: Literal["t2a", "a2t"] = "t2a",
+    tol: float | None = 1e-6,
+    max_iter: int = 100_000,
+    check_every: int = 1,
+    block: int | None = None,
+    potentials: StreamedSinkhornResult | None = None,
+) -> PlanTopK:
+    """Top-k gallery items per query by the transductive plan ranking (paper eq. 5), streamed.
+
+    The ranking of :func:`retrieval_metrics` with ``rank_by="plan"`` (the entropic OT plan
+    between uniform marginals over the N clips and M captions, paper eq. 3-4; a2t ranks its
+    rows, t2a its columns) without materialising the N×M cost or plan: the dual potentials
+    are computed by :func:`mltm.ot.streamed_sinkhorn_potentials`, then each block of queries
+    gets its cost block recomputed, scored by the log plan ``-C_ij/eps + log_u_i + log_v_j``
+    (what the dense ranking sorts) and cut to its top k. Memory: O((N + M) d + Q k) plus one
+    cost block.
+
+    Args:
+        audio: (N, d) clip embeddings (the plan's rows).
+        text: (M, d) caption embeddings (its columns), same device.
+        k: Items to return per query (at most the gallery size).
+        cost: ``(x (r, d), y (s, d)) -> (r, s)`` distance; :func:`cosine_distance` (default),
+            :func:`euclidean_distance` or any callable of that form.
+        eps: Entropic regularisation, in the cost's units.
+        direction: ``"t2a"``: each caption ranks the clips (Q = M, gallery N); ``"a2t"``:
+            each clip ranks the captions (Q = N, gallery M).
+        tol, max_iter, check_every, block: Solver settings, see
+            :func:`mltm.ot.streamed_sinkhorn_potentials` (``block`` also sets the queries per
+            block of the ranking pass, scaled to the gallery size when not given).
+        potentials: A previous result for the same embeddings, cost and eps: skips the solve.
+
+    Returns:
+        :class:`PlanTopK` ``(indices (Q, k), scores (Q, k), potentials)``.
+
+    Raises:
+        ValueError: for mismatched embeddings, ``k`` outside [1, gallery size], an unknown
+            ``direction``, or bad solver settings.
+    """
+    _check_pair(audio, text, "audio", "text", "N", "M")
+    if direction not in ("t2a", "a2t"):
+        raise ValueError(f"direction must be 't2a' or 'a2t'; got {direction!r}.")
+    N, M = audio.shape[0], text.shape[0]
+    gallery = N if direction == "t2a" else M
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= gallery:
+        raise ValueError(
+            f"k must be an integer in [1, {gallery}] (the gallery size for {direction}); got {k!r}."
+        )
+    x, y, cost_fn = audio.detach(), text.detach(), cost
+    if cost is cosine_distance:  # normalise once, not once per block
+        x = torch.nn.functional.normalize(x, dim=-1)
+        y = torch.nn.functional.normalize(y, dim=-1)
+        cost_fn = _cosine_of_normalized
+    if potentials is None:
+        potentials = streamed_sinkhorn_potentials(
+            x, y, cost_fn, eps, tol=tol, max_iter=max_iter, check_every=check_every,
+            block=block,
+        )
+    elif potentials.log_u.shape != (N,) or potentials.log_v.shape != (M,):
+        raise ValueError(
+            f"potentials are for a {potentials.log_u.shape[0]} x {potentials.log_v.shape[0]} "
+            f"problem; this one is {N} x {M}."
+        )
+    log_u, log_v, scale = potentials.log_u, potentials.log_v, float(potentials.eps)
+    Q = M if direction == "t2a" else N
+    rows = block if block is not None else max(1, _RANK_CHUNK_ELEMENTS // gallery)
+    indices = torch.empty(Q, k, dtype=torch.long, device=audio.device)
+    scores = None
+    with torch.no_grad():
+        for s in range(0, Q, rows):
+            e = min(Q, s + rows)
+            if direction == "a2t":
+                S = cost_fn(x[s:e], y)
+                S = S.div_(-scale).add_(log_u[s:e, None]).add_(log_v[None, :])
+                top = torch.topk(S, k, dim=1)
+                val, idx = top.values, top.indices
+            else:
+                S = cost_fn(x, y[s:e])
+                S = S.div_(-scale).add_(log_u[:, None]).add_(log_v[None, s:e])
+                top = torch.topk(S, k, dim=0)
+                val, idx = top.values.T, top.indices.T
+            if scores is None:
+                scores = torch.empty(Q, k, dtype=val.dtype, device=val.device)
+            scores[s:e], indices[s:e] = val, idx
+    return PlanTopK(indices=indices, scores=scores, potentials=potentials)
 
 
 # ---------------------------------------------------------------------------------------------

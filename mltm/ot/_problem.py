@@ -54,6 +54,12 @@ def being_traced(t: torch.Tensor) -> bool:
 
 def _all_finite(t: torch.Tensor) -> bool:
     with torch.no_grad():  # isfinite is composite (abs, ==): keep it out of the autograd graph
+        # A NaN or inf entry makes the sum NaN or inf, so a finite sum proves every entry
+        # finite; it is one fast reduction, where isfinite(t).all() is a slow two-pass
+        # composite on the CPU (~0.2 ms at 256 x 256, more than a Sinkhorn solve). A sum that
+        # overflowed from finite entries is told apart by the exact test.
+        if t.is_floating_point() and bool(torch.isfinite(t.sum())):
+            return True
         return bool(torch.isfinite(t).all())
 
 

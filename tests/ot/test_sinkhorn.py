@@ -202,18 +202,21 @@ def test_absorbed_iteration_equals_log_domain_iteration(case, tol, max_iter, gen
         assert fast.marginal_error.max().item() < tol
 
 
-def test_auto_backend_on_cpu_is_absorbed_without_grad_and_torch_with_grad(gen, monkeypatch):
+def test_auto_backend_on_cpu_is_kernel_without_grad_and_torch_with_grad(gen, monkeypatch):
     # `mltm.ot.sinkhorn` the attribute is the function; fetch the module by name.
     sk = importlib.import_module("mltm.ot.sinkhorn")
 
     calls = []
-    for name in ("_iterate_absorbed", "_iterate_torch"):
+    for name in ("_iterate_kernel", "_iterate_absorbed", "_iterate_torch"):
         original = getattr(sk, name)
-        monkeypatch.setattr(sk, name, lambda *a, _o=original, _n=name: calls.append(_n) or _o(*a))
+        monkeypatch.setattr(sk, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
     C = torch.rand(8, 8, generator=gen).requires_grad_()
     sk.sinkhorn(C, 0.1)  # implicit: the forward runs without autograd
     sk.sinkhorn(C, 0.1, grad="unroll")
-    assert calls == ["_iterate_absorbed", "_iterate_torch"]
+    # A cost range of 50 / 0.1 = 500 nats would underflow exp(-(C - min C)/eps): the
+    # stabilised log-domain path runs instead.
+    sk.sinkhorn(50 * C, 0.1, max_iter=3, tol=None)
+    assert calls == ["_iterate_kernel", "_iterate_torch", "_iterate_absorbed"]
 
 
 @pytest.mark.parametrize("grad", ["implicit", "unroll"])

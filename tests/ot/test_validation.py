@@ -113,5 +113,5 @@ def test_mass_tensor_shape():
 
 
 def test_unknown_backend():
-    with _raises("backend must be 'auto', 'torch', 'absorbed' or 'cuda_graph'; got 'numpy'."):
+    with _raises("backend must be 'auto', 'torch', 'kernel', 'absorbed' or 'cuda_graph'; got 'numpy'."):
         sinkhorn(C, 0.1, backend="numpy")
