@@ -82,7 +82,7 @@ def bench_balanced(device, repeat, dtype=torch.float32):
     C = embeddings_cost(256, 1, 1024, 0, device).to(dtype)
     a = uniform(256, device, dtype)
     solvers = {
-        "mltm implicit": lambda Cg: sinkhorn_log(Cg, EPS, tol=1e-6).plan,
+        "mltm implicit": lambda Cg: sinkhorn_log(Cg, EPS, tol=1e-6, backend="kernel").plan,
         "mltm implicit, log-domain forward": lambda Cg: sinkhorn_log(Cg, EPS, tol=1e-6, backend="torch").plan,
         "mltm unroll": lambda Cg: sinkhorn_log(Cg, EPS, tol=1e-6, grad="unroll").plan,
         "POT sinkhorn_log autodiff": lambda Cg: ot.sinkhorn(a, a, Cg, EPS, method="sinkhorn_log", stopThr=1e-6),

@@ -1,4 +1,4 @@
-"""The CPU kernel-domain forward (``backend="kernel"``, picked by ``"auto"`` on the CPU):
+"""The CPU kernel-domain forward (``backend="kernel"``, opt-in; "auto" keeps the log domain):
 same plan, scalings, stopping iteration and implicit gradient as the log-domain path."""
 
 import importlib
@@ -74,12 +74,14 @@ def test_kernel_path_stops_at_the_same_iteration(tol, max_iter, gen):
         torch.testing.assert_close(e1, e2, rtol=1e-8, atol=1e-15)
 
 
-def test_auto_uses_the_kernel_path_on_cpu(gen, monkeypatch):
+def test_kernel_path_is_opt_in_on_cpu(gen, monkeypatch):
     calls = []
     original = sk._iterate_kernel
     monkeypatch.setattr(sk, "_iterate_kernel", lambda *a, **k: calls.append(1) or original(*a, **k))
     C = _embedding_cost(16, 16, gen).requires_grad_()
-    sinkhorn_log(C, 0.05).plan.sum().backward()
+    sinkhorn_log(C, 0.05).plan.sum().backward()  # auto: the absorbed log-domain path
+    assert calls == []
+    sinkhorn_log(C, 0.05, backend="kernel").plan.sum().backward()
     assert calls == [1]
 
 
@@ -106,7 +108,7 @@ def test_float32_range_limit_falls_back(gen, monkeypatch):
     C = torch.rand(24, 24, generator=gen)
     C = (C - C.min()) / (C.max() - C.min())
     with torch.no_grad():
-        fast = sinkhorn_log(C, 0.025, tol=1e-6)
+        fast = sinkhorn_log(C, 0.025, tol=1e-6, backend="kernel")
         ref = sinkhorn_log(C, 0.025, tol=1e-6, backend="torch")
     assert calls == [1]
     torch.testing.assert_close(fast.plan, ref.plan, rtol=1e-5, atol=1e-9)  # float32 floor
@@ -145,8 +147,8 @@ def test_float32_kernel_path_close_to_float64(gen):
     C = _embedding_cost(64, 64, gen)
     with torch.no_grad():
         ref = sinkhorn_log(C, 0.05, tol=1e-12, max_iter=10_000, backend="torch").plan
-        fast = sinkhorn_log(C.float(), 0.05, tol=1e-6).plan
+        fast = sinkhorn_log(C.float(), 0.05, tol=1e-6, backend="kernel").plan
     assert (fast.double() - ref).abs().max().item() < 1e-7
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no ConvergenceWarning at an ordinary tolerance
-        sinkhorn_log(C.float(), 0.05, tol=1e-6)
+        sinkhorn_log(C.float(), 0.05, tol=1e-6, backend="kernel")

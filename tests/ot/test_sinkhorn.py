@@ -202,7 +202,7 @@ def test_absorbed_iteration_equals_log_domain_iteration(case, tol, max_iter, gen
         assert fast.marginal_error.max().item() < tol
 
 
-def test_auto_backend_on_cpu_is_kernel_without_grad_and_torch_with_grad(gen, monkeypatch):
+def test_auto_backend_on_cpu_is_absorbed_without_grad_and_torch_with_grad(gen, monkeypatch):
     # `mltm.ot.sinkhorn` the attribute is the function; fetch the module by name.
     sk = importlib.import_module("mltm.ot.sinkhorn")
 
@@ -213,10 +213,11 @@ def test_auto_backend_on_cpu_is_kernel_without_grad_and_torch_with_grad(gen, mon
     C = torch.rand(8, 8, generator=gen).requires_grad_()
     sk.sinkhorn(C, 0.1)  # implicit: the forward runs without autograd
     sk.sinkhorn(C, 0.1, grad="unroll")
+    sk.sinkhorn(C, 0.1, backend="kernel")  # the kernel-domain path is opt-in
     # A cost range of 50 / 0.1 = 500 nats would underflow exp(-(C - min C)/eps): the
     # stabilised log-domain path runs instead.
-    sk.sinkhorn(50 * C, 0.1, max_iter=3, tol=None)
-    assert calls == ["_iterate_kernel", "_iterate_torch", "_iterate_absorbed"]
+    sk.sinkhorn(50 * C, 0.1, max_iter=3, tol=None, backend="kernel")
+    assert calls == ["_iterate_absorbed", "_iterate_torch", "_iterate_kernel", "_iterate_absorbed"]
 
 
 @pytest.mark.parametrize("grad", ["implicit", "unroll"])
