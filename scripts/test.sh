@@ -17,5 +17,5 @@ export MLTM_REQUIRE_DATA=1   # tests that use the built datasets fail, not skip,
 .venv/bin/python scripts/book.py build --executed book/golden
 echo "setup, data and book: $((SECONDS - start)) s"
 .venv/bin/pytest tests book/golden --nbval --nbval-current-env \
-    --nbval-sanitize-with book/nbval_sanitize.cfg
+    --nbval-sanitize-with book/nbval_sanitize.cfg --durations=30
 echo "total: $((SECONDS - start)) s"
