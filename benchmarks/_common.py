@@ -38,3 +38,28 @@ def device_name(device) -> tuple[str, str]:
         return name, "cuda-" + "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     return (f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores, "
             f"{torch.get_num_threads()} threads)", "cpu")
+
+
+def write_record(path, root, device: str, results: dict, **settings) -> dict:
+    """Write a benchmark record (provenance, ``settings``, ``results``) atomically and say where.
+
+    Every record names the commit, device, date, torch and Python versions that produced it, so
+    the book can cite it (DEVELOPERS.md: recorded numbers name their commit, device and date).
+    """
+    import datetime as dt
+    import json
+    import sys
+    from pathlib import Path
+
+    from mltm._atomic import atomic_write
+    from mltm.provenance import git_commit
+
+    record = {"commit": git_commit(), "device": device,
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "torch": torch.__version__, "python": sys.version.split()[0], **settings,
+              "results": results}
+    path, root = Path(path), Path(root)
+    with atomic_write(path) as f:
+        f.write(json.dumps(record, indent=2) + "\n")
+    print(f"written: {path.relative_to(root) if path.is_relative_to(root) else path}")
+    return record

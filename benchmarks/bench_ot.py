@@ -26,22 +26,18 @@ the same process, minutes apart at most. The printed table and the targets are w
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_time, device_name  # noqa: E402  (also disables POT's JAX/CuPy/TF)
+from _common import best_time, device_name, write_record  # noqa: E402  (also disables POT's JAX/CuPy/TF)
 
 import ot  # noqa: E402
 import torch  # noqa: E402
 
-from mltm._atomic import atomic_write  # noqa: E402
 from mltm.ot import partial_sinkhorn, sinkhorn_log  # noqa: E402
 from mltm.profiling import saved_tensor_bytes  # noqa: E402
-from mltm.provenance import git_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS = 0.05
@@ -225,22 +221,8 @@ def main(argv=None) -> int:
         print("\n[4] per-iteration GPU figures: no CUDA device here (pending a GPU run)")
 
     print("\ntargets: " + ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in targets.items()))
-    record = {
-        "commit": git_commit(),
-        "device": name,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "pot": ot.__version__,
-        "python": sys.version.split()[0],
-        "eps": EPS,
-        "repeat": args.repeat,
-        "results": results,
-        "targets": targets,
-    }
-    path = args.out / f"ot_{slug}.json"
-    with atomic_write(path) as f:
-        f.write(json.dumps(record, indent=2) + "\n")
-    print(f"written: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    write_record(args.out / f"ot_{slug}.json", ROOT, name, results, pot=ot.__version__,
+                 eps=EPS, repeat=args.repeat, targets=targets)
     return 0
 
 

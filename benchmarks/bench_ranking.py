@@ -25,7 +25,6 @@ Writes ``results/benchmarks/ranking_cpu.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import subprocess
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name  # noqa: E402
+from _common import device_name, write_record  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -106,9 +105,6 @@ def main(argv=None) -> int:
     if args.child:
         return child(args)
 
-    from mltm._atomic import atomic_write
-    from mltm.provenance import git_commit
-
     name, _ = device_name("cpu")
     print(f"device: {name}; torch {torch.__version__}; eps {EPS}; cosine cost; float32; d={args.dim}; "
           f"tol {args.tol:g} (check every {args.check_every})")
@@ -151,20 +147,9 @@ def main(argv=None) -> int:
           f"{need / 2**30:.1f} GB ({WORK_MATRICES} x {n} x {m} x 4 bytes), not run")
     tmp_dir.cleanup()
 
-    record = {
-        "commit": git_commit(),
-        "device": name,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "eps": EPS, "k": K, "dim": args.dim, "tol": args.tol, "check_every": args.check_every,
-        "direction": "t2a", "cost": "cosine", "dtype": "float32",
-        "results": results,
-    }
-    path = args.out / "ranking_cpu.json"
-    with atomic_write(path) as f:
-        f.write(json.dumps(record, indent=2) + "\n")
-    print(f"written: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    write_record(args.out / "ranking_cpu.json", ROOT, name, results, eps=EPS, k=K, dim=args.dim,
+                 tol=args.tol, check_every=args.check_every, direction="t2a", cost="cosine",
+                 dtype="float32")
     return 0
 
 

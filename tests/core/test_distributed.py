@@ -28,7 +28,8 @@ from mltm.data import UniqueClipBatchSampler
 from mltm.losses import build_loss
 from mltm.train import Trainer
 
-REPO = Path(__file__).resolve().parents[2]
+from tests._assets import REPO, require
+from tests._assets import data_root as _data_root
 WORLD = 2
 
 
@@ -187,13 +188,8 @@ def test_helpers_are_identities_in_one_process():
 
 
 def data_root() -> Path:
-    root = Path(os.environ.get("MLTM_DATA", REPO / "data"))
-    if not (root / "debsfx-ci" / "train.jsonl").exists():
-        msg = (f"the debsfx-ci dataset not found under {root}: "
-               "run `bash data_scripts/build_all.sh ci`")
-        if os.environ.get("MLTM_REQUIRE_DATA") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    root = _data_root()
+    require(root / "debsfx-ci" / "train.jsonl", "the debsfx-ci dataset")
     return root
 
 

@@ -22,16 +22,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def require(path: Path, what: str) -> Path:
-    if path.exists():
-        return path
-    msg = f"{what} not found at {path}: run `bash data_scripts/build_all.sh ci`"
-    if os.environ.get("MLTM_REQUIRE_DATA") == "1":
-        pytest.fail(msg + " (MLTM_REQUIRE_DATA=1, so this is an error)")
-    pytest.skip(msg)
+from tests._assets import REPO, data_root, require
 
 # (name, environment) of each run; the first is the reference.
 VARIANTS = [
@@ -106,17 +97,17 @@ def _differences(ref, got, path="") -> list[str]:
 
 @pytest.mark.skipif(not _cpu_has_avx2(), reason="needs a CPU with AVX2 to compare two SIMD paths")
 def test_seeded_run_is_the_same_under_every_instruction_set(tmp_path):
-    data_root = Path(os.environ.get("MLTM_DATA", REPO / "data"))
-    require(data_root / "debsfx-ci" / "train.jsonl", "the debsfx-ci dataset")
-    require(data_root / "tuxpaint-zs" / "test.jsonl", "the tuxpaint-zs dataset")
-    require(data_root / "weights" / "aisfx-0.1.2.safetensors", "the converted aisfx weights")
+    root = data_root()
+    require(root / "debsfx-ci" / "train.jsonl", "the debsfx-ci dataset")
+    require(root / "tuxpaint-zs" / "test.jsonl", "the tuxpaint-zs dataset")
+    require(root / "weights" / "aisfx-0.1.2.safetensors", "the converted aisfx weights")
     (ref_tag, ref_env), *others = VARIANTS
-    ref = _run(ref_tag, ref_env, data_root, tmp_path)
+    ref = _run(ref_tag, ref_env, root, tmp_path)
     # the comparison must be able to fail: the run has real, non-trivial numbers
     assert 0 < ref["test"]["plan"]["a2t"]["R@10"] < 100
     problems = []
     for tag, env in others:
-        diff = _differences(ref, _run(tag, env, data_root, tmp_path))
+        diff = _differences(ref, _run(tag, env, root, tmp_path))
         if diff:
             problems.append(f"{tag} vs {ref_tag}: {len(diff)} differences, e.g. " + "; ".join(diff[:4]))
     assert not problems, "\n".join(problems)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -14,21 +13,13 @@ from mltm.config import TrainConfig, config_from_dict, load_config, save_config
 from mltm.eval import main as eval_main
 from mltm.train import Trainer, load_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def require(path: Path, what: str) -> Path:
-    if path.exists():
-        return path
-    msg = f"{what} not found at {path}: run `bash data_scripts/build_all.sh ci`"
-    if os.environ.get("MLTM_REQUIRE_DATA") == "1":
-        pytest.fail(msg + " (MLTM_REQUIRE_DATA=1, so this is an error)")
-    pytest.skip(msg)
+from tests._assets import REPO, require
+from tests._assets import data_root as _data_root
 
 
 @pytest.fixture(scope="module")
 def data_root() -> Path:
-    root = Path(os.environ.get("MLTM_DATA", REPO / "data"))
+    root = _data_root()
     require(root / "debsfx-ci" / "train.jsonl", "the debsfx-ci dataset")
     require(root / "weights" / "aisfx-0.1.2.safetensors", "the converted aisfx weights")
     return root

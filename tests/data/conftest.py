@@ -8,7 +8,6 @@ test fails instead.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,13 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[2]
-BUILD_COMMAND = "bash data_scripts/build_all.sh ci"
-
-
-def data_root() -> Path:
-    """Return ``$MLTM_DATA`` or ``<repo>/data``."""
-    return Path(os.environ.get("MLTM_DATA", REPO / "data"))
+from tests._assets import BUILD_COMMAND, data_root, missing
 
 
 @pytest.fixture
@@ -36,10 +29,7 @@ def built_dataset() -> Callable[[str], Path]:
         d = data_root() / name
         if d.is_dir() and any(d.glob("*.jsonl")):
             return d
-        msg = f"dataset {name!r} not built at {d}: run `{BUILD_COMMAND}`"
-        if os.environ.get("MLTM_REQUIRE_DATA") == "1":
-            pytest.fail(msg + " (MLTM_REQUIRE_DATA=1, so a missing dataset is an error)")
-        pytest.skip(msg)
+        missing(f"dataset {name!r} not built at {d}: run `{BUILD_COMMAND}`")
 
     return get
 
@@ -51,10 +41,7 @@ def built_datasets() -> list[Path]:
     dirs = sorted({p.parent for p in root.glob("*/*.jsonl")}) if root.is_dir() else []
     if dirs:
         return dirs
-    msg = f"no dataset built under {root}: run `{BUILD_COMMAND}`"
-    if os.environ.get("MLTM_REQUIRE_DATA") == "1":
-        pytest.fail(msg + " (MLTM_REQUIRE_DATA=1, so a missing dataset is an error)")
-    pytest.skip(msg)
+    missing(f"no dataset built under {root}: run `{BUILD_COMMAND}`")
 
 
 def write_tone(path: Path, seconds: float = 0.5, sr: int = 16000, freq: float = 440.0,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mltm.encoders.aisfx import AISFX_WHEEL
+from tests._assets import missing
 
 FETCH_COMMAND = "python data_scripts/fetch_aisfx.py"
 
@@ -27,10 +28,7 @@ def _wheel_candidates() -> list[Path]:
 
 
 def _missing(what: str) -> None:
-    msg = f"{what}: run `{FETCH_COMMAND}`"
-    if os.environ.get("MLTM_REQUIRE_DATA") == "1":
-        pytest.fail(msg + " (MLTM_REQUIRE_DATA=1, so missing assets are an error)")
-    pytest.skip(msg)
+    missing(f"{what}: run `{FETCH_COMMAND}`")
 
 
 @pytest.fixture(scope="session")
