@@ -158,7 +158,7 @@ CAPTIONS_PER_SCENE = 5
 MAX_CONSECUTIVE_REDRAWS = 2000
 
 # ----------------------------------------------------------------------------- grammar
-TWICE = ("{np} twice", "{np}, twice", "{np} two times", "{np}, and again", "{np}, repeated once")
+TWICE = ("{np} twice", "{np}, twice", "{np} two times", "{np}, and once more", "{np}, repeated once")
 REPEATEDLY = ("{np} repeatedly", "{np} over and over", "{np} several times",
               "{np} again and again", "{np} {k} times")
 FAINT = ("{np}, faintly", "faintly, {np}", "{np}, barely audible", "{np}, very quietly",
