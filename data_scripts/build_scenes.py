@@ -161,14 +161,15 @@ MAX_CONSECUTIVE_REDRAWS = 2000
 TWICE = ("{np} twice", "{np}, twice", "{np} two times", "{np}, and once more", "{np}, repeated once")
 REPEATEDLY = ("{np} repeatedly", "{np} over and over", "{np} several times",
               "{np} again and again", "{np} {k} times")
-FAINT = ("{np}, faintly", "faintly, {np}", "{np}, barely audible", "{np}, very quietly",
+# Modifiers are suffixes only, so that they compose with every relation template.
+FAINT = ("{np}, faintly", "{np} faintly", "{np}, barely audible", "{np}, very quietly",
          "{np}, soft and faint")
-LOUD = ("{np}, loudly", "loudly, {np}", "{np}, very loud", "{np}, at high volume",
+LOUD = ("{np}, loudly", "{np} loudly", "{np}, very loud", "{np}, at high volume",
         "{np}, loud and clear")
-AT_START = ("at the start, {np}", "at the beginning, {np}", "{np} at the start",
-            "{np} right at the beginning", "{np} to begin with")
-AT_END = ("{np} at the end", "at the end, {np}", "{np} near the end", "{np} at the very end",
-          "finally, {np}")
+AT_START = ("{np} at the start", "{np} at the beginning", "{np} right at the beginning",
+            "{np} to begin with", "{np} at first")
+AT_END = ("{np} at the end", "{np} near the end", "{np} at the very end",
+          "{np} close to the end", "{np} to finish")
 SEQ_JOIN = (", then ", " followed by ", ", and then ", ", after which ", ", and after that ",
             ", later ", " before ")
 OVERLAP_JOIN = (" while ", " as ", " along with ", " together with ", ", at the same time as ",
