@@ -359,14 +359,18 @@ def draw_caption(facts: SceneFacts, phrases: dict[str, tuple[str, ...]],
     parts = []
     last = len(facts.units) - 1
     for i, u in enumerate(facts.units):
-        np_ = _pick(rng, phrases[u.clip_id])
+        options = phrases[u.clip_id]
+        if u.level == "faint":   # "a loud elephant call" would contradict "faint"
+            options = tuple(c for c in options if "loud" not in c) or options
+        np_ = _pick(rng, options)
         if u.count == 2:
             np_ = _pick(rng, TWICE).format(np=np_)
         elif u.count >= 3:
             np_ = _pick(rng, REPEATEDLY).format(np=np_, k=NUMBER_WORDS.get(u.count, str(u.count)))
-        if u.level == "faint" and rng.random() < 0.85:
+        # (a paraphrase may already say it: "an elephant trumpets loudly")
+        if u.level == "faint" and "faint" not in np_ and rng.random() < 0.85:
             np_ = _pick(rng, FAINT).format(np=np_)
-        elif u.level == "loud" and rng.random() < 0.85:
+        elif u.level == "loud" and "loud" not in np_ and rng.random() < 0.85:
             np_ = _pick(rng, LOUD).format(np=np_)
         if i == 0 and facts.at_start and rng.random() < 0.4:
             np_ = _pick(rng, AT_START).format(np=np_)
