@@ -57,9 +57,11 @@ event's class, ``group`` its family, ``source``/``license`` the union of the eve
 background, unit, cut) and the scene gain, for analyses by content.
 
 Build guarantees (as the other builders): idempotent and cached (``BUILD_INFO.json`` records
-the settings and the pool's ``BUILD_INFO.json`` hash, and is written last; a second run with the
-same settings returns in seconds), atomic (built in a temporary sibling directory), undecodable
-pool clips skipped and counted, ``LICENSE.md`` carried from the pool.
+the settings, the hash of this file and the pool's ``BUILD_INFO.json`` hash, and is written
+last; a second run with the same settings returns in seconds), atomic (built in a temporary
+sibling directory), undecodable pool clips skipped and counted, ``LICENSE.md`` carried from the
+pool. :func:`scene_stats` summarises a built set (``data_scripts/dataset_stats.py`` adds it to
+the statistics of a scene set).
 
 Usage::
 
@@ -158,7 +160,8 @@ CAPTIONS_PER_SCENE = 5
 MAX_CONSECUTIVE_REDRAWS = 2000
 
 # ----------------------------------------------------------------------------- grammar
-TWICE = ("{np} twice", "{np}, twice", "{np} two times", "{np}, and once more", "{np}, repeated once")
+TWICE = ("{np} twice", "{np}, twice", "{np} two times", "{np}, and once more",
+         "{np}, repeated once")
 REPEATEDLY = ("{np} repeatedly", "{np} over and over", "{np} several times",
               "{np} again and again", "{np} {k} times")
 # Modifiers are suffixes only, so that they compose with every relation template.
@@ -558,7 +561,10 @@ def build(size: str = "ci", out: Path | None = None, *, pool_dir: Path | None = 
         raise ValueError(f"--scenes must be at least 1, got {n_scenes}")
     t0 = time.time()
     settings = dict(
-        builder="scenes", version=BUILDER_VERSION, size=size, seed=seed, scenes=n_scenes,
+        builder="scenes", version=BUILDER_VERSION,
+        # any change of this file (grammar, sampling, mixing) makes a new build
+        builder_sha256=hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        size=size, seed=seed, scenes=n_scenes,
         pool=pool_dir.name, pool_build_info_sha256=pool_build_info_sha256(pool_dir),
         scene_seconds=SCENE_SECONDS, split_share=SPLIT_SHARE, events_per_scene=EVENTS_PER_SCENE,
         repeat_prob=REPEAT_PROB, overlap_prob=OVERLAP_PROB, background_prob=BACKGROUND_PROB,
@@ -754,7 +760,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", choices=sorted(SIZES), default="ci")
     ap.add_argument("--pool", type=Path, help="pool dataset directory (default by --size)")
     ap.add_argument("--out", type=Path, help="output directory (default $MLTM_DATA/<name>)")
-    ap.add_argument("--scenes", type=int, help=f"number of scenes (ci {CI_SCENES}, full {FULL_SCENES})")
+    ap.add_argument("--scenes", type=int,
+                    help=f"number of scenes (ci {CI_SCENES}, full {FULL_SCENES})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = ap.parse_args(argv)
