@@ -70,7 +70,12 @@ def dataset_stats(d: Path) -> dict:
                 hist[f"{lo}-{hi if hi < 1e9 else 'inf'}"] += 1
                 break
     per_class = Counter(r.label for r in all_recs)
-    return dict(
+    scenes = None
+    if info.get("builder") == "data_scripts/build_scenes.py":
+        from data_scripts.build_scenes import scene_stats
+
+        scenes = scene_stats(d)   # events per scene, relations, caption lengths per split
+    out = dict(
         name=info.get("name", d.name),
         builder=info.get("builder"),
         build=dict(commit=info.get("commit"), created=info.get("created"),
@@ -94,6 +99,9 @@ def dataset_stats(d: Path) -> dict:
         filters=info.get("filters", {}),
         dropped_classes=info.get("dropped_classes", {}),
     )
+    if scenes is not None:
+        out["scenes"] = scenes
+    return out
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mltm._atomic import atomic_write
@@ -65,6 +65,8 @@ class ClipRecord:
         source: Where the clip comes from, e.g. ``"0ad-data 0.0.26"``, ``"AudioCaps"``.
         license: License of the audio, e.g. ``"CC-BY-SA-3.0"``.
         duration: Length in seconds, when known.
+        meta: Optional dataset-specific JSON object (e.g. the event list of a mixed scene);
+            omitted from the JSON line when ``None`` and not part of the record's hash.
     """
 
     clip_id: str
@@ -75,6 +77,7 @@ class ClipRecord:
     source: str = ""
     license: str = ""
     duration: float | None = None
+    meta: dict | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         # Accept lists (e.g. from JSON) but store an immutable, hashable tuple.
@@ -88,6 +91,8 @@ class ClipRecord:
         """Return the record as one line of JSON (no trailing newline)."""
         d = asdict(self)
         d["captions"] = list(self.captions)
+        if d["meta"] is None:
+            del d["meta"]
         return json.dumps(d, ensure_ascii=False)
 
 
@@ -162,6 +167,8 @@ def _record_problems(r: ClipRecord) -> list[str]:
     d = r.duration
     if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or d < 0):
         out.append("duration must be a non-negative number or null")
+    if r.meta is not None and not isinstance(r.meta, dict):
+        out.append("meta must be a JSON object or null")
     return out
 
 
