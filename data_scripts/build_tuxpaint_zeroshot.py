@@ -49,7 +49,7 @@ STAMPS = "usr/share/tuxpaint/stamps"
 
 def load_table(path: Path = TABLE) -> dict[str, str]:
     """stamp path (no extension) -> class; ValueError naming the line on a bad row."""
-    return esc.load_class_table(path, key_columns=1)
+    return esc.load_class_table(path)
 
 
 def build(out: Path | None = None, *, force: bool = False) -> Path:

@@ -60,30 +60,35 @@ def check_class_name(cls: str, where: str) -> None:
         raise ValueError(f"{where}: class {cls!r} must be lower-case snake_case")
 
 
-def load_class_table(path: Path, key_columns: int = 1) -> dict:
-    """Read a tab-separated class table: *key_columns* key columns, then the class.
+def read_table_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, list[str]]]:
+    """``(line number, fields)`` of a tab-separated table with the named *columns*.
 
-    Blank lines and lines starting with ``#`` are ignored. Returns ``key -> class`` with the
-    key a string (one key column) or a tuple of strings. Raises ValueError naming the file and
-    line on a row with the wrong number of columns, an empty field, a class that is not
-    lower-case snake_case, or a key listed twice.
+    Blank lines and lines starting with ``#`` are ignored. Raises ValueError naming the file
+    and line on a row with another number of fields or an empty field.
     """
-    n_cols = key_columns + 1
-    out: dict = {}
+    out = []
     for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         cols = [c.strip() for c in line.split("\t")]
-        if len(cols) != n_cols or not all(cols):
-            want = "<TAB>".join(["key"] * key_columns + ["class"])
-            raise ValueError(f"{path}:{n}: expected '{want}' ({n_cols} tab-separated fields), "
-                             f"got {line!r}")
-        *keys, cls = cols
+        if len(cols) != len(columns) or not all(cols):
+            raise ValueError(f"{path}:{n}: expected '{'<TAB>'.join(columns)}' "
+                             f"({len(columns)} tab-separated fields), got {line!r}")
+        out.append((n, cols))
+    return out
+
+
+def load_class_table(path: Path) -> dict[str, str]:
+    """Read a two-column ``key<TAB>class`` table (the Tux Paint table: stamp -> class).
+
+    Raises ValueError naming the file and line on a malformed row, a class that is not
+    lower-case snake_case, or a key listed twice.
+    """
+    out: dict[str, str] = {}
+    for n, (key, cls) in read_table_rows(path, ("stamp", "class")):
         check_class_name(cls, f"{path}:{n}")
-        key = keys[0] if key_columns == 1 else tuple(keys)
         if key in out:
-            raise ValueError(f"{path}:{n}: {'stamp' if key_columns == 1 else 'file'} {key!r} "
-                             "listed twice")
+            raise ValueError(f"{path}:{n}: stamp {key!r} listed twice")
         out[key] = cls
     return out
 
