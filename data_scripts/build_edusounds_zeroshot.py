@@ -117,7 +117,7 @@ def build(out: Path | None = None, *, force: bool = False) -> Path:
     """Build (or keep, when up to date) the EduSounds zero-shot set; returns its directory."""
     out = Path(out) if out else data_root() / NAME
     t0 = time.time()
-    table = load_table()
+    table = load_table(TABLE)
     by_pkg: dict[str, list[TableRow]] = defaultdict(list)
     for r in table:
         by_pkg[r.package].append(r)
