@@ -288,3 +288,29 @@ def test_built_edusounds_layout_is_exact(built_dataset):
     assert validate_manifest(d / "test.jsonl", check_audio=True) == []
     hashes = {bl.sha256_file(d / r.audio_path) for r in recs}
     assert len(hashes) == len(recs)                   # no two clips the same audio
+
+
+# ----------------------------------------------------------------------------- overlap check
+def test_overlap_check_finds_a_recording_mixed_into_a_training_file(tmp_path):
+    from data_scripts import check_zeroshot_overlap as ov
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    call = 0.3 * np.hanning(16000) * np.sin(2 * np.pi * (500 * t + 1000 * t * t))  # 1 s rising call
+    other = 0.3 * np.sin(2 * np.pi * (2500 * t - 900 * t * t)) * (1 + np.sin(2 * np.pi * 7 * t)) / 2
+    zs = tmp_path / "zs"
+    (zs / "esc50/audio").mkdir(parents=True)
+    sf.write(str(zs / "esc50/audio/call.wav"), call, 16000)
+    sf.write(str(zs / "esc50/audio/other.wav"), other, 16000)
+    from mltm.data.manifest import ClipRecord, write_manifest
+    write_manifest([ClipRecord("call", "esc50/audio/call.wav", ("c",)),
+                    ClipRecord("other", "esc50/audio/other.wav", ("c",))], zs / "test.jsonl")
+    raw = tmp_path / "train"
+    raw.mkdir()
+    ambience = rng.standard_normal(5 * 22050) * 0.05
+    ambience[30000:30000 + 22050] += 0.5 * ov.load_mono(zs / "esc50/audio/call.wav", 22050)[:22050]
+    sf.write(str(raw / "night.ogg"), ambience, 22050)                  # re-encoded, resampled, mixed
+    res = {clip: (score, name) for score, clip, name in ov.overlaps(zs, [raw])}
+    assert res["call"][0] > 0.8 and res["call"][1] == "night.ogg"
+    assert res["other"][0] < 0.3
+    assert ov.main([str(zs), str(raw), "--show", "0"]) == 1            # exit 1: a hit to look at
