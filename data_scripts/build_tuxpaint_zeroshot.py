@@ -26,68 +26,34 @@ Usage: ``python data_scripts/build_tuxpaint_zeroshot.py [--out DIR] [--force]``
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
 import sys
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_scripts import buildlib as bl  # noqa: E402
+from data_scripts import esc50_layout as esc  # noqa: E402
 from data_scripts.debian import copyright_text, data_root, fetch_deb, unpack  # noqa: E402
+from data_scripts.esc50_layout import (ESC50_HEADER, ESC_SECONDS, ESC_SR, FOLD,  # noqa: E402,F401
+                                       TEMPLATE, esc50_csv)
 
 BUILDER_VERSION = 2  # 2: mix-down and resampling in float64 (the same samples on every CPU)
 PACKAGE = "tuxpaint-stamps-default"
 TABLE = Path(__file__).resolve().parent / "rules" / "tuxpaint_classes.tsv"
 STAMPS = "usr/share/tuxpaint/stamps"
-ESC50_HEADER = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
-ESC_SR = 44100
-ESC_SECONDS = 5.0
-FOLD = 5
-TEMPLATE = "This is a sound of {category}"
 
 
 def load_table(path: Path = TABLE) -> dict[str, str]:
     """stamp path (no extension) -> class; ValueError naming the line on a bad row."""
-    out = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        cols = line.split("\t")
-        if len(cols) != 2 or not cols[0].strip() or not cols[1].strip():
-            raise ValueError(f"{path}:{n}: expected 'stamp<TAB>class', got {line!r}")
-        stamp, cls = cols[0].strip(), cols[1].strip()
-        if not cls.replace("_", "").isalnum() or cls != cls.lower():
-            raise ValueError(f"{path}:{n}: class {cls!r} must be lower-case snake_case")
-        if stamp in out:
-            raise ValueError(f"{path}:{n}: stamp {stamp!r} listed twice")
-        out[stamp] = cls
-    return out
-
-
-def esc50_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=ESC50_HEADER, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    return buf.getvalue()
+    return esc.load_class_table(path)
 
 
 def build(out: Path | None = None, *, force: bool = False) -> Path:
-    from tqdm import tqdm
-
-    from mltm.data.audio import AudioLoadError, load_audio
-    from mltm.data.converters import prepare_esc50
-    from mltm.data.manifest import read_manifest, write_manifest
-
+    """Build (or keep, when up to date) the Tux Paint zero-shot set; returns its directory."""
     out = Path(out) if out else data_root() / "tuxpaint-zs"
     t0 = time.time()
     table = load_table()
@@ -102,64 +68,13 @@ def build(out: Path | None = None, *, force: bool = False) -> Path:
     # Unpack only the listed stamps (the package holds ~7,900 Ogg files, 190 MB).
     tree = unpack(pkg, [f"./{STAMPS}/{stamp}.ogg" for stamp in sorted(table)],
                   f"zs-{settings['table_sha256'][:12]}")
-    classes = sorted(set(table.values()))
-    target = {c: k for k, c in enumerate(classes)}
-    stats: Counter = Counter()
-    seen: set[str] = set()
-    n_len = int(ESC_SECONDS * ESC_SR)
+    clips = [esc.SourceClip(path=tree / STAMPS / f"{stamp}.ogg", category=table[stamp],
+                            src_file=bl.slug(Path(stamp).name).replace("-", "_"),
+                            source=f"{PACKAGE} {pkg.version}", license="GPL-2")
+             for stamp in sorted(table)]
     with bl.AtomicDir(out) as tmp:
-        audio_dir = tmp / "esc50" / "audio"
-        audio_dir.mkdir(parents=True)
-        rows = []
-        for stamp in tqdm(sorted(table), desc="tuxpaint-zs: transcode", unit="clip"):
-            src = tree / STAMPS / f"{stamp}.ogg"
-            if not src.is_file():
-                stats["missing"] += 1
-                continue
-            digest = hashlib.md5(src.read_bytes()).hexdigest()
-            if digest in seen:
-                stats["duplicate"] += 1
-                continue
-            seen.add(digest)
-            try:
-                wave = load_audio(src, ESC_SR).numpy()
-            except AudioLoadError as e:
-                stats[f"skipped_{e.reason}"] += 1
-                continue
-            except Exception:
-                stats["skipped_unreadable"] += 1
-                continue
-            if bl.rms(wave) < bl.SILENCE_RMS:
-                stats["skipped_silent"] += 1
-                continue
-            if wave.size > n_len:
-                stats["cut_to_5s"] += 1
-            clip = np.zeros(n_len, dtype=np.float32)
-            clip[: min(n_len, wave.size)] = wave[:n_len]
-            peak = float(np.max(np.abs(clip)))
-            if peak > 0.999:
-                clip *= 0.999 / peak
-            cls = table[stamp]
-            src_file = bl.slug(Path(stamp).name).replace("-", "_")
-            name = f"{FOLD}-{src_file}-A-{target[cls]}.wav"
-            import soundfile as sf
-
-            sf.write(str(audio_dir / name), clip, ESC_SR, subtype="PCM_16")
-            rows.append(dict(filename=name, fold=FOLD, target=target[cls], category=cls,
-                             esc10="False", src_file=src_file, take="A"))
-        if not rows:
-            raise RuntimeError(f"no Tux Paint sound could be used; check {TABLE} against the package")
-        (tmp / "esc50" / "meta").mkdir()
-        (tmp / "esc50" / "meta" / "esc50.csv").write_text(esc50_csv(rows))
-
-        # The same converter that turns the real ESC-50 into a manifest.
-        report = prepare_esc50(tmp / "esc50", tmp, folds=(FOLD,), template=TEMPLATE)
-        if report.num_skipped():
-            raise RuntimeError(f"the ESC-50 converter skipped clips it should read: {report.summary()}")
-        # It labels clips as ESC-50 (CC-BY-NC-3.0); correct source and licence.
-        recs = read_manifest(tmp / "test.jsonl")
-        recs = [replace(r, source=f"{PACKAGE} {pkg.version}", license="GPL-2") for r in recs]
-        write_manifest(recs, tmp / "test.jsonl")
+        rows, stats = esc.write_esc50_set(tmp, clips, fold=FOLD, template=TEMPLATE,
+                                          desc="tuxpaint-zs: transcode")
         lic = bl.license_markdown(
             "Tux Paint zero-shot set",
             "Stamp sound effects of Tux Paint (tuxpaint-stamps-default), re-encoded to 44.1 kHz "
@@ -178,7 +93,7 @@ def build(out: Path | None = None, *, force: bool = False) -> Path:
             per_class=dict(sorted(per_class.items())),
             total_minutes=round(len(rows) * ESC_SECONDS / 60, 2),
             filters=dict(table_rows=len(table), **stats),
-            audio_bytes=bl.dir_bytes(audio_dir),
+            audio_bytes=bl.dir_bytes(tmp / "esc50" / "audio"),
         )
         bl.write_json_atomic(tmp / bl.BUILD_INFO, info)
     bl.log(f"[tuxpaint] wrote {out} : {info['counts']} in {info['build_seconds']} s")

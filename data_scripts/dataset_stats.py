@@ -4,6 +4,11 @@ Reads each dataset's manifests and ``BUILD_INFO.json`` (never the audio), so the
 those of the build actually on disk: clips, classes and captions per split, caption lengths,
 durations, disk use, build time, package versions, and the commit/date of the build.
 
+It also reports how well each zero-shot set's classes are covered by the training set's
+vocabulary (``zero_shot_coverage``): a zero-shot class is covered when its name, or one of the
+training labels the hand-written table ``rules/zeroshot_to_training.tsv`` maps it to, is a label
+of the training split.
+
 Usage: ``python data_scripts/dataset_stats.py --config {ci,full} [--out PATH]``
 """
 
@@ -23,9 +28,13 @@ from data_scripts.debian import data_root  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = {
-    "ci": ("debsfx-ci", "instruments-ci", "tuxpaint-zs"),
-    "full": ("debsfx", "instruments", "tuxpaint-zs"),
+    "ci": ("debsfx-ci", "instruments-ci", "tuxpaint-zs", "edusounds-zs"),
+    "full": ("debsfx", "instruments", "tuxpaint-zs", "edusounds-zs"),
 }
+#: per config: the training set whose vocabulary the zero-shot sets are compared with
+TRAINING_SET = {"ci": "debsfx-ci", "full": "debsfx"}
+ZERO_SHOT_SETS = ("tuxpaint-zs", "edusounds-zs")
+CLASS_MAPPING = Path(__file__).resolve().parent / "rules" / "zeroshot_to_training.tsv"
 DURATION_BINS = (0, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 1e9)
 
 
@@ -104,11 +113,100 @@ def dataset_stats(d: Path) -> dict:
     return out
 
 
+def load_class_mapping(path: Path = CLASS_MAPPING) -> dict[str, tuple[str, ...]]:
+    """zero-shot class -> training labels, from a ``class<TAB>label label ...`` table.
+
+    ValueError naming the line on a row without two fields or a class listed twice.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        if len(cols) != 2 or not cols[0].strip() or not cols[1].split():
+            raise ValueError(f"{path}:{n}: expected 'zero-shot class<TAB>training label(s)', "
+                             f"got {line!r}")
+        cls = cols[0].strip()
+        if cls in out:
+            raise ValueError(f"{path}:{n}: class {cls!r} listed twice; put all its labels on one row")
+        out[cls] = tuple(cols[1].split())
+    return out
+
+
+def training_labels(d: Path, splits: tuple[str, ...] = ("train",)) -> set[str]:
+    """The labels of a manifest directory's *splits* (FileNotFoundError naming a missing one)."""
+    from mltm.data.manifest import read_manifest
+
+    labels: set[str] = set()
+    for split in splits:
+        p = Path(d) / f"{split}.jsonl"
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: build the training set first "
+                                    "(`bash data_scripts/build_all.sh ci|full`)")
+        labels |= {r.label for r in read_manifest(p) if r.label}
+    return labels
+
+
+def zero_shot_coverage(zs_classes, train_labels, mapping: dict[str, tuple[str, ...]],
+                       clips_per_class: dict[str, int] | None = None) -> dict:
+    """Which zero-shot classes have a counterpart in a training vocabulary.
+
+    Args:
+        zs_classes: The zero-shot set's class names.
+        train_labels: The training set's label vocabulary.
+        mapping: zero-shot class -> training labels naming the same sound (exact name matches
+            count without an entry).
+        clips_per_class: Optional clip counts, for the fraction of clips covered.
+
+    Returns:
+        ``classes``, ``covered`` (class -> the training labels it matches, sorted),
+        ``uncovered`` (sorted), ``fraction`` of classes covered (and ``clip_fraction`` when
+        counts are given).
+    """
+    vocab = set(train_labels)
+    covered, uncovered = {}, []
+    for cls in sorted(set(zs_classes)):
+        hits = sorted(({cls} | set(mapping.get(cls, ()))) & vocab)
+        if hits:
+            covered[cls] = hits
+        else:
+            uncovered.append(cls)
+    n = len(covered) + len(uncovered)
+    out = dict(classes=n, covered=covered, uncovered=uncovered,
+               fraction=round(len(covered) / n, 4) if n else 0.0)
+    if clips_per_class is not None:
+        total = sum(clips_per_class.values())
+        hit = sum(c for k, c in clips_per_class.items() if k in covered)
+        out["clip_fraction"] = round(hit / total, 4) if total else 0.0
+    return out
+
+
+def coverage_report(root: Path, config: str, training: Path | None = None) -> dict:
+    """Coverage of every zero-shot set by the config's training set (TRAINING_SET) or *training*."""
+    from mltm.data.manifest import read_manifest
+
+    train_dir = Path(training) if training else root / TRAINING_SET[config]
+    train = train_dir.name
+    vocab = training_labels(train_dir)
+    mapping = load_class_mapping()
+    out = {}
+    for name in ZERO_SHOT_SETS:
+        recs = read_manifest(root / name / "test.jsonl")
+        counts = dict(Counter(r.label for r in recs))
+        out[name] = dict(training_set=train, training_split="train",
+                         training_labels=len(vocab), mapping=CLASS_MAPPING.name,
+                         **zero_shot_coverage(counts, vocab, mapping, counts))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=sorted(DATASETS), required=True)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--data", type=Path, help="dataset root (default $MLTM_DATA or <repo>/data)")
+    ap.add_argument("--training", type=Path,
+                    help="training manifest dir for the zero-shot coverage (default: debsfx-ci "
+                         "for ci, debsfx for full; e.g. data/sfxpool)")
     args = ap.parse_args(argv)
     root = args.data or data_root()
     out = args.out or REPO / "results" / "data" / f"stats_{args.config}.json"
@@ -122,12 +220,16 @@ def main(argv=None) -> int:
     if missing:
         print("\n".join(missing), file=sys.stderr)
         return 1
+    result["zero_shot_coverage"] = coverage_report(root, args.config, args.training)
     out.parent.mkdir(parents=True, exist_ok=True)
     bl.write_json_atomic(out, result)
     for name, s in result["datasets"].items():
         print(f"{name:16s} clips={s['clips']:6d} classes={s['classes']:4d} captions={s['captions']:6d} "
               f"minutes={s['duration_s']['total_minutes']:8.1f} disk={s['disk_bytes'] / 1e6:8.1f} MB "
               f"build={s['build']['seconds']} s")
+    for name, c in result["zero_shot_coverage"].items():
+        print(f"{name:16s} classes covered by {c['training_set']}: "
+              f"{len(c['covered'])}/{c['classes']} ({c['fraction']:.0%})")
     return 0
 
 
