@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Build the three stand-in datasets into $MLTM_DATA (default <repo>/data), validate every
+# Build the stand-in datasets into $MLTM_DATA (default <repo>/data), validate every
 # manifest, and write results/data/stats_<mode>.json.
 #
-#   bash data_scripts/build_all.sh ci     # debsfx-ci, instruments-ci, tuxpaint-zs  (~0.6 GB download)
-#   bash data_scripts/build_all.sh full   # debsfx, instruments, tuxpaint-zs        (~2.5 GB download)
+#   bash data_scripts/build_all.sh ci     # debsfx-ci, instruments-ci, tuxpaint-zs, edusounds-zs, debsfx-scenes-ci
+#   bash data_scripts/build_all.sh full   # debsfx, instruments, the zero-shot sets, sfxpool, debsfx-scenes
 #
 # Needs a Debian-like system with apt-get/dpkg-deb (packages are downloaded with
 # `apt-get download` and unpacked without installing; `apt-get update` is run when a package
@@ -27,20 +27,32 @@ for tool in dpkg-deb tar; do
     command -v "$tool" >/dev/null || { echo "error: $tool not found (these builders need Debian's dpkg tools)" >&2; exit 2; }
 done
 
+# name, builder, arguments: in build order (the scene sets mix clips of a pool built before them)
 if [[ "$mode" == ci ]]; then
-    names=(debsfx-ci instruments-ci tuxpaint-zs)
+    steps=("debsfx-ci|build_debsfx.py|--size ci"
+           "instruments-ci|build_instruments.py|--size ci"
+           "tuxpaint-zs|build_tuxpaint_zeroshot.py|--size ci"
+           "edusounds-zs|build_edusounds_zeroshot.py|--size ci"
+           "debsfx-scenes-ci|build_scenes.py|--size ci")
 else
-    names=(debsfx instruments tuxpaint-zs)
+    steps=("debsfx|build_debsfx.py|--size full"
+           "instruments|build_instruments.py|--size full"
+           "tuxpaint-zs|build_tuxpaint_zeroshot.py|--size full"
+           "edusounds-zs|build_edusounds_zeroshot.py|--size full"
+           "sfxpool|build_debsfx.py|--size pool"
+           "debsfx-scenes|build_scenes.py|--size full")
 fi
-builders=(build_debsfx.py build_instruments.py build_tuxpaint_zeroshot.py)
 
 echo "== fetch_aisfx.py (pretrained aisfx encoder weights)" >&2; "$PYTHON" data_scripts/fetch_aisfx.py
-declare -a secs
+declare -a names secs
 t_all=$(date +%s.%N)
-for i in 0 1 2; do
-    echo "== ${builders[$i]} --size $mode -> ${names[$i]}" >&2
+for i in "${!steps[@]}"; do
+    IFS='|' read -r name builder args <<< "${steps[$i]}"
+    names[$i]=$name
+    echo "== $builder $args -> $name" >&2
     t0=$(date +%s.%N)
-    "$PYTHON" "data_scripts/${builders[$i]}" --size "$mode"
+    # shellcheck disable=SC2086  # args is a word list
+    "$PYTHON" "data_scripts/$builder" $args
     secs[$i]=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
 done
 
@@ -58,7 +70,7 @@ fi
 
 echo
 printf '%-16s %10s %10s %10s\n' dataset "disk" "seconds" "clips"
-for i in 0 1 2; do
+for i in "${!names[@]}"; do
     d="$MLTM_DATA/${names[$i]}"
     clips=$(cat "$d"/*.jsonl | wc -l)
     printf '%-16s %10s %10s %10s\n' "${names[$i]}" "$(du -sh "$d" | cut -f1)" "${secs[$i]}" "$clips"

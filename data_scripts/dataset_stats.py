@@ -28,8 +28,8 @@ from data_scripts.debian import data_root  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = {
-    "ci": ("debsfx-ci", "instruments-ci", "tuxpaint-zs", "edusounds-zs"),
-    "full": ("debsfx", "instruments", "tuxpaint-zs", "edusounds-zs"),
+    "ci": ("debsfx-ci", "instruments-ci", "tuxpaint-zs", "edusounds-zs", "debsfx-scenes-ci"),
+    "full": ("debsfx", "instruments", "tuxpaint-zs", "edusounds-zs", "sfxpool", "debsfx-scenes"),
 }
 #: per config: the training set whose vocabulary the zero-shot sets are compared with
 TRAINING_SET = {"ci": "debsfx-ci", "full": "debsfx"}
