@@ -23,7 +23,7 @@ Match (:func:`match_score`)
 
 Search (:func:`near_duplicate_pairs`)
     All-pairs matching would be slow for ~6,000 files, so a cheap prefilter first compares the
-    time-averaged band profiles (Pearson >= ``prefilter``) and the length ratio; only pairs
+    time-averaged band profiles (Pearson >= ``prefilter``, default 0.97) and the length ratio; only pairs
     that pass get the sliding match.
 """
 
@@ -44,7 +44,7 @@ THRESHOLD = 0.95
 #: default minimum length ratio (shorter / longer) of two near-duplicates
 MIN_LENGTH_RATIO = 0.3
 #: default threshold of the band-profile prefilter
-PREFILTER = 0.9
+PREFILTER = 0.97
 #: fingerprints are computed on at most this many seconds from the start of a file
 MAX_SECONDS = 60.0
 
@@ -129,6 +129,7 @@ def near_duplicate_pairs(fps: list[np.ndarray], *, threshold: float = THRESHOLD,
         ratio = np.minimum(length[i + 1:], length[i]) / np.maximum(length[i + 1:], length[i])
         for j in np.nonzero((sim >= prefilter) & (ratio >= min_length_ratio))[0]:
             cands.append((i, i + 1 + int(j)))
+    near_duplicate_pairs.last_candidates = len(cands)  # for the build report
     it = cands
     if progress:
         from tqdm import tqdm

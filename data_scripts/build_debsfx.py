@@ -143,7 +143,7 @@ SIZES = {
     "pool": dict(sources=["0ad", "megaglest", "widelands", "wesnoth", *POOL_SOURCES],
                  window=10.0, max_windows=6, max_per_class=0, min_clips=5, name="sfxpool",
                  rules=["debsfx_rules.tsv", "sfxpool_rules.tsv"],
-                 near_duplicates=dict(threshold=0.95, min_length_ratio=0.3, prefilter=0.9)),
+                 near_duplicates=dict(threshold=0.95, min_length_ratio=0.3, prefilter=0.97)),
 }
 SPLIT_SHARE = {"test": 0.2, "val": 0.1, "train": 0.7}
 SPLIT_TIE_ORDER = ("test", "train", "val")
@@ -388,7 +388,9 @@ def near_duplicate_families(files: list[tuple[str, str, str]], fps: list, params
     cross = [sorted(m) for m in groups.values() if len({files[k][2] for k in m}) > 1]
     examples = sorted(groups.values(), key=lambda m: (-len({files[k][0].split(":")[0] for k in m}),
                                                      -len(m), files[m[0]][0]))[:10]
-    report = dict(params=params, matched_pairs=len(pairs), groups=len(groups),
+    report = dict(params=params, files=len(files),
+                  candidate_pairs=getattr(near_duplicate_pairs, "last_candidates", None),
+                  matched_pairs=len(pairs), groups=len(groups),
                   files_in_groups=sum(len(m) for m in groups.values()),
                   groups_joining_families=len(cross), families_merged_away=len(merged),
                   dropped_other_class_files=len(dropped),
