@@ -30,7 +30,23 @@ Pipeline
 Output (``$MLTM_DATA/debsfx`` or ``debsfx-ci``): ``train/val/test.jsonl`` (mltm manifests),
 ``audio/*.flac``, ``LICENSE.md``, ``BUILD_INFO.json`` (written last).
 
-Usage: ``python data_scripts/build_debsfx.py --size {ci,full} [--out DIR] [--force]``
+The wide pool (``--size pool`` -> ``$MLTM_DATA/sfxpool``)
+---------------------------------------------------------
+The four sources above plus the game packages of :data:`POOL_SOURCES` (20 more; why each
+candidate package was taken or rejected: ``data_scripts/rules/POOL_SOURCES.md``), with the
+rules of ``rules/debsfx_rules.tsv`` followed by ``rules/sfxpool_rules.tsv``. Same pipeline, plus
+one step after transcoding: **near-duplicate families**. Every decoded file gets a coarse
+band-energy fingerprint (``data_scripts/audio_fingerprint.py``: 20 log bands 100 Hz-4 kHz,
+32 ms frames, relative log floor); two files whose best sliding Pearson correlation is >= 0.95
+(shorter >= 0.3 of the longer; prefilter on the mean band profile >= 0.97) are the same
+recording re-encoded, trimmed, resampled or at another volume. Near-duplicates of one class
+join their families (so the family split keeps them in one split); a near-duplicate of an
+earlier file of another class is dropped and counted. ``BUILD_INFO.json`` reports the groups
+(``near_duplicates``), the clips per source and the distinct source files.
+The ci/full sizes do not read the pool's rules file and skip this step, so their settings key
+and outputs are unchanged.
+
+Usage: ``python data_scripts/build_debsfx.py --size {ci,full,pool} [--out DIR] [--force]``
 """
 
 from __future__ import annotations
@@ -141,7 +157,9 @@ SIZES = {
     # data_scripts/audio_fingerprint.py). Only this size reads rules/sfxpool_rules.tsv, so the
     # ci/full settings (and their rules hash) are those of debsfx_rules.tsv alone.
     "pool": dict(sources=["0ad", "megaglest", "widelands", "wesnoth", *POOL_SOURCES],
-                 window=10.0, max_windows=6, max_per_class=0, min_clips=5, name="sfxpool",
+                 # min_clips 4 (full: 5): the pool keeps classes of 4 clips, e.g. frogs or
+                 # minecarts in two families, which the wider source set has just begun to fill.
+                 window=10.0, max_windows=6, max_per_class=0, min_clips=4, name="sfxpool",
                  rules=["debsfx_rules.tsv", "sfxpool_rules.tsv"],
                  near_duplicates=dict(threshold=0.95, min_length_ratio=0.3, prefilter=0.97)),
 }
