@@ -30,7 +30,23 @@ Pipeline
 Output (``$MLTM_DATA/debsfx`` or ``debsfx-ci``): ``train/val/test.jsonl`` (mltm manifests),
 ``audio/*.flac``, ``LICENSE.md``, ``BUILD_INFO.json`` (written last).
 
-Usage: ``python data_scripts/build_debsfx.py --size {ci,full} [--out DIR] [--force]``
+The wide pool (``--size pool`` -> ``$MLTM_DATA/sfxpool``)
+---------------------------------------------------------
+The four sources above plus the game packages of :data:`POOL_SOURCES` (20 more; why each
+candidate package was taken or rejected: ``data_scripts/rules/POOL_SOURCES.md``), with the
+rules of ``rules/debsfx_rules.tsv`` followed by ``rules/sfxpool_rules.tsv``. Same pipeline, plus
+one step after transcoding: **near-duplicate families**. Every decoded file gets a coarse
+band-energy fingerprint (``data_scripts/audio_fingerprint.py``: 20 log bands 100 Hz-4 kHz,
+32 ms frames, relative log floor); two files whose best sliding Pearson correlation is >= 0.95
+(shorter >= 0.3 of the longer; prefilter on the mean band profile >= 0.97) are the same
+recording re-encoded, trimmed, resampled or at another volume. Near-duplicates of one class
+join their families (so the family split keeps them in one split); a near-duplicate of an
+earlier file of another class is dropped and counted. ``BUILD_INFO.json`` reports the groups
+(``near_duplicates``), the clips per source and the distinct source files.
+The ci/full sizes do not read the pool's rules file and skip this step, so their settings key
+and outputs are unchanged.
+
+Usage: ``python data_scripts/build_debsfx.py --size {ci,full,pool} [--out DIR] [--force]``
 """
 
 from __future__ import annotations
@@ -48,10 +64,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_scripts import buildlib as bl  # noqa: E402
+from data_scripts.audio_fingerprint import fingerprint, near_duplicate_pairs  # noqa: E402
 from data_scripts.debian import Package, copyright_text, data_root, fetch_deb, unpack, unpack_zip_inside  # noqa: E402
 
 BUILDER_VERSION = 2  # 2: mix-down and resampling in float64 (the same samples on every CPU)
-RULES_PATH = Path(__file__).resolve().parent / "rules" / "debsfx_rules.tsv"
+RULES_DIR = Path(__file__).resolve().parent / "rules"
+RULES_PATH = RULES_DIR / "debsfx_rules.tsv"
 AUDIO_EXT = (".ogg", ".wav", ".flac")
 
 
@@ -62,6 +80,9 @@ class SourceSpec:
     root: str           # path prefix of the sound tree inside the unpacked package
     license: str
     upstream: str
+    members: tuple[str, ...] = ()   # tar wildcards to unpack (default: every *.ogg / *.wav)
+    zip_glob: str = ""              # the sound tree is inside this zip/pk3/wz of the package
+    zip_prefix: str = "sound/"      # ... and only its members under this prefix are kept
 
 
 SOURCES = {
@@ -74,11 +95,73 @@ SOURCES = {
                           "GPL-2+", "https://www.wesnoth.org/"),
 }
 
+#: Sources used only by ``--size pool`` (rules in ``rules/sfxpool_rules.tsv``; why each was
+#: taken or rejected: ``rules/POOL_SOURCES.md``). Educational/children's packages (tuxpaint*,
+#: gcompris*, childsplay*, ktuberling, pysiogame, colobot, ...) are reserved for zero-shot
+#: evaluation and must never be added here.
+_G = "usr/share/games/"
+POOL_SOURCES = {
+    "hedgewars": SourceSpec("hedgewars", "hedgewars-data", _G + "hedgewars/Data/Sounds/",
+                            "GPL-2 / CC-BY-SA-3.0", "https://www.hedgewars.org/"),
+    "supertux": SourceSpec("supertux", "supertux-data", _G + "supertux2/",
+                           "GPL-2+ / GPL-3+ / CC-BY-SA / CC0", "https://www.supertux.org/",
+                           members=("./usr/share/games/supertux2/sounds/*",
+                                    "./usr/share/games/supertux2/speech/*")),
+    "stk": SourceSpec("stk", "supertuxkart-data", _G + "supertuxkart/data/sfx/",
+                      "CC-BY-SA-3.0 / CC-BY-SA-4.0 / CC-BY-3.0 / CC0 / GPL",
+                      "https://supertuxkart.net/",
+                      members=("./usr/share/games/supertuxkart/data/sfx/*",)),
+    "openarena": SourceSpec("openarena", "openarena-data", "sound/", "GPL-2+",
+                            "https://openarena.ws/", zip_glob="*.pk3"),
+    "openarena088": SourceSpec("openarena088", "openarena-088-data", "sound/", "GPL-2+ / GPL-2",
+                               "https://openarena.ws/", zip_glob="*.pk3"),
+    "warzone": SourceSpec("warzone", "warzone2100-data", "audio/", "GPL-2+ / CC-BY-SA-3.0 / CC0",
+                          "https://wz2100.net/", zip_glob="*/base.wz", zip_prefix="audio/"),
+    "freedink": SourceSpec("freedink", "freedink-data", _G + "dink/dink/Sound/",
+                           "GPL-3+ / free (see debian/copyright)", "https://www.gnu.org/software/freedink/"),
+    "lincity": SourceSpec("lincity", "lincity-ng-data", _G + "lincity-ng/sounds/", "GPL-2+",
+                          "https://github.com/lincity-ng/lincity-ng"),
+    "freeciv": SourceSpec("freeciv", "freeciv-data", _G + "freeciv/stdsounds/", "GPL-2+",
+                          "https://www.freeciv.org/"),
+    "etr": SourceSpec("etr", "extremetuxracer-data", _G + "etr/sounds/", "GPL-2+",
+                      "https://sourceforge.net/projects/extremetuxracer/"),
+    "scorched3d": SourceSpec("scorched3d", "scorched3d-data", _G + "scorched3d/data/globalmods/",
+                             "GPL-2+ / CC-BY-SA-3.0", "http://www.scorched3d.co.uk/"),
+    "lugaru": SourceSpec("lugaru", "lugaru-data", _G + "lugaru/Sounds/",
+                         "CC-BY-SA-3.0 / CC-BY-SA-4.0 / GPL-2+", "https://osslugaru.gitlab.io/"),
+    "flare": SourceSpec("flare", "flare-game", _G + "flare/mods/", "CC-BY-SA-3.0+ / GPL-3+",
+                        "https://flarerpg.org/"),
+    "minetest": SourceSpec("minetest", "minetest-data", _G + "minetest/games/minetest_game/mods/",
+                           "CC-BY-SA-3.0 / CC-BY-3.0 / CC0 (per file, see debian/copyright)",
+                           "https://www.minetest.net/"),
+    "torcs": SourceSpec("torcs", "torcs-data", _G + "torcs/data/sound/", "GPL-2+",
+                        "https://torcs.sourceforge.net/"),
+    "nexuiz": SourceSpec("nexuiz", "nexuiz-data", "sound/", "GPL-2+", "https://alientrap.org/",
+                         zip_glob="*/data.pk3"),
+    "ufoai": SourceSpec("ufoai", "ufoai-sound", "sound/", "GPL-2+ / CC-BY-SA-3.0 / CC-BY-3.0",
+                        "https://ufoai.org/", zip_glob="*/0snd.pk3"),
+    "frozenbubble": SourceSpec("frozenbubble", "frozen-bubble-data", _G + "frozen-bubble/snd/",
+                               "GPL-2+", "http://www.frozen-bubble.org/"),
+    "cube2": SourceSpec("cube2", "cube2-data", _G + "cube2/packages/sounds/",
+                        "CC-BY-3.0 / CC-BY-SA / public domain (per directory)",
+                        "http://sauerbraten.org/"),
+}
+SOURCES.update(POOL_SOURCES)
+
 SIZES = {
     "ci": dict(sources=["megaglest", "wesnoth"], window=10.0, max_windows=2, max_per_class=40,
                min_clips=4, name="debsfx-ci"),
     "full": dict(sources=["0ad", "megaglest", "widelands", "wesnoth"], window=10.0,
                  max_windows=6, max_per_class=0, min_clips=5, name="debsfx"),
+    # The wide pool: every training source, with near-duplicate families (see
+    # data_scripts/audio_fingerprint.py). Only this size reads rules/sfxpool_rules.tsv, so the
+    # ci/full settings (and their rules hash) are those of debsfx_rules.tsv alone.
+    "pool": dict(sources=["0ad", "megaglest", "widelands", "wesnoth", *POOL_SOURCES],
+                 # min_clips 4 (full: 5): the pool keeps classes of 4 clips, e.g. frogs or
+                 # minecarts in two families, which the wider source set has just begun to fill.
+                 window=10.0, max_windows=6, max_per_class=0, min_clips=4, name="sfxpool",
+                 rules=["debsfx_rules.tsv", "sfxpool_rules.tsv"],
+                 near_duplicates=dict(threshold=0.95, min_length_ratio=0.3, prefilter=0.97)),
 }
 SPLIT_SHARE = {"test": 0.2, "val": 0.1, "train": 0.7}
 SPLIT_TIE_ORDER = ("test", "train", "val")
@@ -156,6 +239,20 @@ def load_rules(path: Path = RULES_PATH) -> RuleTable:
     return RuleTable(rules, words, sha)
 
 
+def load_rule_tables(paths: list[Path]) -> RuleTable:
+    """Several rules files as one table (rules in file order; ``@word`` entries merged).
+
+    The hash covers every file's name and text, in order.
+    """
+    rules, words, h = [], {}, hashlib.sha256()
+    for p in paths:
+        t = load_rules(p)
+        rules.extend(t.rules)
+        words.update(t.words)
+        h.update(Path(p).name.encode() + b"\0" + Path(p).read_bytes() + b"\0")
+    return RuleTable(rules, words, h.hexdigest())
+
+
 _TRAILING_NUM = re.compile(r"([-_ ]?\d+[a-z]?)+$")
 
 
@@ -200,6 +297,12 @@ def unpack_source(spec: SourceSpec) -> tuple[Package, Path]:
         tree = unpack_zip_inside(pkg, "*/public.zip", lambda n: n.startswith("audio/")
                                  and not n.startswith("audio/music/")
                                  and n.lower().endswith(AUDIO_EXT), "audio")
+    elif spec.zip_glob:
+        prefix = spec.zip_prefix
+        tree = unpack_zip_inside(pkg, spec.zip_glob, lambda n: n.lower().startswith(prefix)
+                                 and n.lower().endswith(AUDIO_EXT), "audio")
+    elif spec.members:
+        tree = unpack(pkg, list(spec.members), "audio")
     elif spec.key == "widelands":
         tree = unpack(pkg, ["./usr/share/games/widelands/data/sound/*",
                             "./usr/share/games/widelands/data/world/critters/*.ogg"], "audio")
@@ -249,6 +352,88 @@ def split_families(fam_sizes: dict[str, dict[str, int]], seed: int) -> dict[str,
     return out
 
 
+# ----------------------------------------------------------------------------- near-duplicates
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            lo, hi = sorted((ra, rb))
+            self.parent[hi] = lo
+
+
+def near_duplicate_families(files: list[tuple[str, str, str]], fps: list, params: dict,
+                            *, progress: bool = False) -> tuple[dict[str, str], set[int], dict]:
+    """Group near-identical recordings into one family.
+
+    *files* are ``(name, label, family)`` per file, *fps* their fingerprints (same order),
+    *params* the ``threshold``/``min_length_ratio``/``prefilter`` of
+    :func:`audio_fingerprint.near_duplicate_pairs`. Two near-duplicates of one class put
+    their whole families together (the family of the merged group is the smallest name);
+    a near-duplicate of an earlier file of *another* class is dropped (one recording must not
+    teach two classes, and a family must stay inside one class for the per-class split).
+
+    Returns ``(family -> merged family, indices of dropped files, report)``.
+    """
+    pairs = near_duplicate_pairs(fps, progress=progress, **params)
+    uf = _UnionFind()
+    dropped: set[int] = set()
+    file_uf = _UnionFind()
+    for i, j, _ in sorted(pairs):
+        if i in dropped or j in dropped:
+            continue
+        if files[i][1] == files[j][1]:
+            uf.union(files[i][2], files[j][2])
+            file_uf.union(str(i), str(j))
+        else:
+            dropped.add(j)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for k in range(len(files)):
+        if k not in dropped and str(k) in file_uf.parent:
+            groups[file_uf.find(str(k))].append(k)
+    groups = {g: m for g, m in groups.items() if len(m) > 1}
+    fam_map = {f: uf.find(f) for _, _, f in files}
+    merged = {f for f, g in fam_map.items() if f != g}
+    cross = [sorted(m) for m in groups.values() if len({files[k][2] for k in m}) > 1]
+    examples = sorted(groups.values(), key=lambda m: (-len({files[k][0].split(":")[0] for k in m}),
+                                                     -len(m), files[m[0]][0]))[:10]
+    report = dict(params=params, files=len(files),
+                  candidate_pairs=getattr(near_duplicate_pairs, "last_candidates", None),
+                  matched_pairs=len(pairs), groups=len(groups),
+                  files_in_groups=sum(len(m) for m in groups.values()),
+                  groups_joining_families=len(cross), families_merged_away=len(merged),
+                  dropped_other_class_files=len(dropped),
+                  dropped_other_class_examples=[files[k][0] for k in sorted(dropped)[:10]],
+                  examples=[[files[k][0] for k in m] for m in examples])
+    return fam_map, dropped, report
+
+
+def merge_near_duplicates(clips: list[dict], prints: list, params: dict, tmp: Path,
+                          *, progress: bool = False) -> tuple[list[dict], dict]:
+    """Apply :func:`near_duplicate_families` to the transcoded clips (their windows follow)."""
+    files = [(f"{c.source}:{c.relpath}", c.label, c.family) for c, _, _ in prints]
+    fam_map, dropped, report = near_duplicate_families(files, [fp for _, _, fp in prints],
+                                                       params, progress=progress)
+    drop_bases = {prints[k][1] for k in dropped}
+    kept = []
+    for r in clips:
+        base = re.sub(r"-w\d\d$", "", r["clip_id"])
+        if base in drop_bases:
+            (tmp / r["audio_path"]).unlink()
+            continue
+        kept.append(dict(r, group=fam_map.get(r["group"], r["group"])))
+    return kept, report
+
+
 # ----------------------------------------------------------------------------- build
 def build(size: str, out: Path | None = None, *, force: bool = False, seed: int = 0,
           sources: list[str] | None = None, max_windows: int | None = None,
@@ -266,7 +451,9 @@ def build(size: str, out: Path | None = None, *, force: bool = False, seed: int 
             cfg[k] = v
     out = Path(out) if out else data_root() / cfg["name"]
     t0 = time.time()
-    rules = load_rules()
+    rules = (load_rule_tables([RULES_DIR / f for f in cfg["rules"]]) if "rules" in cfg
+             else load_rules())
+    near = cfg.get("near_duplicates")  # None for ci/full: their outputs stay as they were
     specs = [SOURCES[s] for s in cfg["sources"]]
     pkgs = {s.key: fetch_deb(s.package) for s in specs}
     settings = dict(builder="debsfx", version=BUILDER_VERSION, size=size, seed=seed,
@@ -311,6 +498,7 @@ def build(size: str, out: Path | None = None, *, force: bool = False, seed: int 
     with bl.AtomicDir(out) as tmp:
         clips = []  # ClipRecord kwargs
         used_ids: set[str] = set()
+        prints: list[tuple[Candidate, str, object]] = []  # (file, clip-id base, fingerprint)
         for c in tqdm(cands, desc=f"debsfx-{size}: transcode", unit="file"):
             try:
                 wave = load_audio(c.path, bl.SAMPLE_RATE).numpy()
@@ -334,6 +522,8 @@ def build(size: str, out: Path | None = None, *, force: bool = False, seed: int 
             if base in used_ids:  # e.g. Wesnoth ships both mace.ogg and mace.wav
                 base = bl.slug(f"{c.source}-{c.relpath}")
             used_ids.add(base)
+            if near is not None:
+                prints.append((c, base, fingerprint(wave)))
             for suffix, piece in pieces:
                 if bl.rms(piece) < bl.SILENCE_RMS:
                     skip["silent_window"] += 1
@@ -346,6 +536,11 @@ def build(size: str, out: Path | None = None, *, force: bool = False, seed: int 
                                   source=f"{SOURCES[c.source].package} {pkgs[c.source].version}",
                                   license=SOURCES[c.source].license,
                                   duration=round(piece.size / bl.SAMPLE_RATE, 4)))
+
+        near_info = None
+        if near is not None:
+            clips, near_info = merge_near_duplicates(clips, prints, near, tmp, progress=True)
+            stats["near_duplicate_other_class"] = near_info["dropped_other_class_files"]
 
         # Drop tiny classes.
         fam_sizes: dict[str, Counter] = defaultdict(Counter)
@@ -391,6 +586,10 @@ def build(size: str, out: Path | None = None, *, force: bool = False, seed: int 
             build_seconds=round(time.time() - t0, 1),
             packages=[pkgs[s.key].as_dict() for s in specs],
             counts=dict(clips=len(clips), classes=len(fam_sizes),
+                        **({"source_files": len({r["clip_id"].rsplit("-w", 1)[0]
+                                                 if re.search(r"-w\d\d$", r["clip_id"])
+                                                 else r["clip_id"] for r in clips})}
+                           if near is not None else {}),
                         families=len(assign), captions=sum(len(r["captions"]) for r in clips),
                         **{f"{s}_clips": len(per_split[s]) for s in ("train", "val", "test")}),
             total_minutes=round(sum(durations) / 60, 2),
@@ -398,6 +597,10 @@ def build(size: str, out: Path | None = None, *, force: bool = False, seed: int 
             dropped_classes=dropped_classes,
             audio_bytes=bl.dir_bytes(tmp / "audio"),
         )
+        if near_info is not None:
+            info["near_duplicates"] = near_info
+            info["per_source_clips"] = dict(sorted(Counter(
+                r["source"].split(" ")[0] for r in clips).items()))
         bl.write_json_atomic(tmp / bl.BUILD_INFO, info)
     bl.log(f"[debsfx] wrote {out} : {info['counts']} in {info['build_seconds']} s")
     return out

@@ -215,7 +215,9 @@ def unpack_zip_inside(pkg: Package, zip_pattern: str, keep, tag: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        zips = [p for p in raw.rglob("*.zip")]
+        # .pk3 (Quake-engine games) and .wz (Warzone 2100) are zip archives too.
+        zips = sorted(p for p in raw.rglob("*") if p.is_file()
+                      and p.suffix.lower() in (".zip", ".pk3", ".wz"))
         if not zips:
             raise DebianError(f"{pkg.deb.name}: no zip matched {zip_pattern!r}")
         n = 0
