@@ -334,11 +334,12 @@ def project_evalset(model: AudioTextModel, es: EvalSet, device, batch_size: int 
     was = model.training
     model.eval()
     dtype = torch.promote_types(next(model.audio_head.parameters()).dtype, torch.float32)
-    a = torch.cat([model.project_audio(*take_rows(es.audio, es.audio_lengths,
-                                                  slice(i, i + batch_size), device, dtype)).to(dtype)
+    def rows(values, lengths, i):
+        return take_rows(values, lengths, slice(i, i + batch_size), device, dtype)
+
+    a = torch.cat([model.project_audio(*rows(es.audio, es.audio_lengths, i)).to(dtype)
                    for i in range(0, len(es.audio), batch_size)])
-    t = torch.cat([model.project_text(*take_rows(es.text, es.text_lengths,
-                                                 slice(i, i + batch_size), device, dtype)).to(dtype)
+    t = torch.cat([model.project_text(*rows(es.text, es.text_lengths, i)).to(dtype)
                    for i in range(0, len(es.text), batch_size)])
     model.train(was)
     return a, t

@@ -29,6 +29,14 @@ is zero-padded (zero is silence after the compression, and the package pads the 
 and the clip embedding is the mean of the block embeddings over the blocks that hold real
 audio (``lengths``), so a padded clip in a batch gets the same embedding as on its own.
 
+**Frame embeddings** (:meth:`AisfxEncoder.frame_embeddings`, for the temporal heads). Inside
+a block, ``conv_block4`` has 12 time columns (100 frames halved three times, floored), each
+8 input frames (0.186 s) apart; the mean over frequency and a max over groups of 3 columns
+give 4 frames per block, one every 24 input frames = 0.557 s (:data:`FRAME_HOP_SECONDS`), 20
+frames for a 10 s clip. The max over a block's 4 frames is the block embedding, so the
+clip embedding is exactly :func:`pool_aisfx_frames` of the frames (the time max of the
+network moves after the grouping, which does not change it).
+
 **Weights.** :func:`convert_aisfx_wheel` turns the wheel's pickled checkpoint into a
 safetensors file once (``python data_scripts/fetch_aisfx.py``); :func:`load_aisfx_encoder`
 loads only that file. The checkpoint is a pickle (``torch.load(weights_only=False)`` is

@@ -150,7 +150,7 @@ class AttentionPoolingHead(nn.Module):
                                    normalize=normalize)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``[B, L, in_dim]`` with ``lengths`` ``[B]`` (None: all valid) -> ``[B, out_dim]``."""
+        """``x`` ``[B, L, in_dim]``, ``lengths`` ``[B]`` (None: all valid) -> ``[B, out_dim]``."""
         _, mask = _check_sequences(x, lengths, self.in_dim, type(self).__name__)
         return self.proj(self.pool(x, mask))
 
@@ -227,7 +227,7 @@ class TransformerHead(nn.Module):
                                    normalize=normalize)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``[B, L, in_dim]`` with ``lengths`` ``[B]`` (None: all valid) -> ``[B, out_dim]``."""
+        """``x`` ``[B, L, in_dim]``, ``lengths`` ``[B]`` (None: all valid) -> ``[B, out_dim]``."""
         _, mask = _check_sequences(x, lengths, self.in_dim, type(self).__name__)
         if x.shape[1] > self.max_positions:
             raise ValueError(f"TransformerHead got sequences of {x.shape[1]} positions; it has "

@@ -190,7 +190,8 @@ class ToyTokenEncoder(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.table = torch.nn.Parameter(torch.randn(128, 4, generator=torch.Generator().manual_seed(0)))
+        g = torch.Generator().manual_seed(0)
+        self.table = torch.nn.Parameter(torch.randn(128, 4, generator=g))
 
     def token_embeddings(self, texts):
         n = max(len(t) for t in texts)
@@ -223,7 +224,8 @@ def test_token_cache_has_its_own_key_and_the_precision_rules(tmp_path, monkeypat
     assert not torch.equal(pooled, out["tokens"].sum(1) / out["lengths"][:, None])  # own rounding
 
 
-def _write_clips(root, n_clips=10, seconds=(3.0, 1.0, 2.5, 0.5, 4.0), splits=("train", "val", "test")):
+def _write_clips(root, n_clips=10, seconds=(3.0, 1.0, 2.5, 0.5, 4.0),
+                 splits=("train", "val", "test")):
     """A tiny dataset: noise bursts at two positions (early/late) per clip, 2 captions each."""
     rng = np.random.default_rng(0)
     recs = []
@@ -302,7 +304,8 @@ def test_training_and_eval_with_temporal_heads_end_to_end(tmp_path, monkeypatch)
     res_b = trainer_b.run()
     tr = trainer_b.evalset("train")
     assert tr.audio.dim() == 3 and tr.audio_lengths is not None and tr.text.dim() == 3
-    kinds = sorted({p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache" / "embeddings").glob("*.pt")})
+    cache = tmp_path / "cache" / "embeddings"
+    kinds = sorted({p.name.rsplit("-", 1)[0] for p in cache.glob("*.pt")})
     assert kinds == ["audio-frames", "text-tokens"]
     # seeded: the same weights and numbers twice
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
@@ -318,6 +321,9 @@ def test_training_and_eval_with_temporal_heads_end_to_end(tmp_path, monkeypatch)
     # the checkpoint reloads with its heads, and mltm.eval runs on it
     cfg, model, _, _ = load_checkpoint(tmp_path / "a" / "best.pt", with_encoders=False)
     assert model.audio_takes_sequences and model.text_takes_sequences
+    # audio_weights=random: the trainer drew the encoder right after seeding with cfg.seed;
+    # mltm.eval rebuilds it from the config, so seed the same way to get the same encoder
+    torch.manual_seed(cfg.seed)
     assert eval_main(["--checkpoint", str(tmp_path / "a" / "best.pt"),
                       "--manifest", str(root / "test.jsonl"), "--out",
                       str(tmp_path / "eval.json")]) == 0
