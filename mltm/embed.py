@@ -209,7 +209,7 @@ def pad_sequences(parts: list[tuple[torch.Tensor, torch.Tensor]], total: int,
     """Batches ``(values [b, L_b, D], lengths [b])`` (in order) into ``[total, max L_b, D]``.
 
     Each batch is copied as it is into the first ``L_b`` positions (the rest is zero). The
-    parts are freed as they are copied, so the peak memory is the result plus one batch.
+    parts are freed as they are copied: the peak memory is at most twice the result.
     """
     width = max((v.shape[1] for v, _ in parts), default=1)
     values = torch.zeros(total, width, dim)
