@@ -98,6 +98,16 @@ class ModelConfig:
             the same bits on every CPU: float64 rounding noise (~1e-13 relative) almost never
             moves a value across a 16-bit rounding boundary (~1.5e-5 relative), whereas
             float32 noise (~1e-6) moves most of them (``book/running.md``, "Portable runs").
+        audio_head, text_head: ``linear`` (the paper's MLP on the pooled encoder output,
+            default), ``attention`` (attention pooling with a learned query over the frames
+            or tokens) or ``transformer`` (a small transformer with learned positions over
+            them, then masked mean pooling: the order of events matters). The temporal heads
+            need frozen encoders (they train on cached aisfx frames, 0.557 s apart, and
+            text-encoder tokens; :mod:`mltm.encoders.heads`).
+        temporal_dim, temporal_layers, temporal_heads: Width, layers and attention heads of
+            the ``transformer`` head.
+        max_positions: Longest frame/token sequence of the ``transformer`` head (a 10 s clip
+            has 20 aisfx frames, a caption at most ``text_max_length`` tokens).
     """
 
     audio_encoder: str = "aisfx"
@@ -113,6 +123,12 @@ class ModelConfig:
     head_dropout: float = 0.0
     feature_dtype: str = "float64"
     feature_bits: int | None = 16
+    audio_head: str = "linear"
+    text_head: str = "linear"
+    temporal_dim: int = 256
+    temporal_layers: int = 1
+    temporal_heads: int = 4
+    max_positions: int = 128
 
 
 @dataclass

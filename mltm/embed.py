@@ -16,6 +16,15 @@ stored as float32 (exactly). A float32 forward pass differs between CPUs in the 
 the same bits everywhere, so every run that starts from the cache starts from the same
 numbers. ``dtype=torch.float32, significant_bits=None`` restores the plain float32 forward
 (about 2x faster).
+
+**Sequences.** :func:`encode_clip_frames` and :func:`encode_text_tokens` cache the encoders'
+outputs before pooling (aisfx frames every 0.557 s, the text model's last layer per token),
+for the temporal heads (:mod:`mltm.encoders.heads`): padded tensors ``[N, L, D]`` with
+the valid lengths ``[N]``, under their own cache kinds (``audio-frames``, ``text-tokens``)
+and the same precision rules. The pooled outputs follow from them by the encoders' pooling
+(:func:`mltm.encoders.aisfx.pool_aisfx_frames`, :func:`mltm.encoders.text.pool_tokens`)
+exactly before the rounding; each is rounded on its own, so the cached pooled vector and
+the pooled cached frames agree to the rounding (2^-16 relative), not to the bit.
 """
 
 from __future__ import annotations
@@ -41,6 +50,9 @@ __all__ = [
     "encoder_fingerprint",
     "encode_clips",
     "encode_texts",
+    "encode_clip_frames",
+    "encode_text_tokens",
+    "pad_sequences",
     "cached",
     "encoder_in",
 ]
@@ -190,3 +202,134 @@ def encode_texts(encoder: nn.Module, texts: Sequence[str], *, batch_size: int = 
     key = {"encoder": encoder_fingerprint(encoder), "texts": texts,
            "precision": _precision_key(dtype, significant_bits)}
     return cached("text", key, compute)["features"]
+
+
+def pad_sequences(parts: list[tuple[torch.Tensor, torch.Tensor]], total: int,
+                  dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batches ``(values [b, L_b, D], lengths [b])`` (in order) into ``[total, max L_b, D]``.
+
+    Each batch is copied as it is into the first ``L_b`` positions (the rest is zero). The
+    parts are freed as they are copied: the peak memory is at most twice the result.
+    """
+    width = max((v.shape[1] for v, _ in parts), default=1)
+    values = torch.zeros(total, width, dim)
+    lengths_out = torch.zeros(total, dtype=torch.long)
+    row = 0
+    while parts:
+        v, lengths = parts.pop(0)
+        b = v.shape[0]
+        values[row:row + b, :v.shape[1]] = v
+        lengths_out[row:row + b] = lengths
+        row += b
+    return values, lengths_out
+
+
+def encode_clip_frames(encoder: nn.Module, dataset, *, batch_size: int = 16,
+                       device: torch.device | str = "cpu", progress: bool = False,
+                       use_cache: bool = True, dtype: torch.dtype = torch.float64,
+                       significant_bits: int | None = 16) -> dict[str, torch.Tensor]:
+    """Frame-level encoder outputs for every clip of a clips-view dataset (cached).
+
+    The encoder must have ``frame_embeddings(audio, lengths) -> (frames, frame_lengths)``
+    (:meth:`mltm.encoders.AisfxEncoder.frame_embeddings`). Precision as in
+    :func:`encode_clips`; cache kind ``audio-frames``.
+
+    Returns:
+        ``{"frames": (N, F, D) float32, "lengths": (N,) long, "valid": (N,) bool}`` with
+        ``F`` the most frames of any batch. Frames at or beyond a clip's length are padding
+        (zero, except the encoder's silence frames in a partly filled last block, kept so
+        that :func:`~mltm.encoders.aisfx.pool_aisfx_frames` of the cached frames matches
+        the cached pooled vector to the rounding). Clips that could not be decoded have
+        length 0 and ``valid`` False.
+
+    Raises:
+        TypeError: If the encoder has no frame outputs.
+    """
+    if dataset.view != "clips":
+        raise ValueError("encode_clip_frames needs a dataset with view='clips'")
+    if not hasattr(encoder, "frame_embeddings"):
+        raise TypeError(f"{type(encoder).__name__} has no frame outputs (frame_embeddings); "
+                        "use the aisfx audio encoder or a pooled (linear) audio head")
+    from mltm.data.manifest import resolve_audio_path
+
+    def compute() -> dict[str, torch.Tensor]:
+        was_training = encoder.training
+        enc = encoder_in(encoder, dtype, device)
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        order: list[torch.Tensor] = []
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                            collate_fn=dataset.collate_fn)
+        from tqdm import tqdm
+
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="audio encoder (frames)", disable=not progress,
+                              leave=False):
+                if batch["audio"].shape[0] == 0:
+                    continue
+                frames, lengths = enc.frame_embeddings(batch["audio"].to(device, dtype),
+                                                       batch["lengths"].to(device))
+                parts.append((_finish(frames.cpu(), significant_bits), lengths.cpu().long()))
+                order.append(torch.as_tensor(batch["index"]).long())
+        encoder.train(was_training)
+        n_ok = sum(len(i) for i in order)
+        values, lengths = pad_sequences(parts, n_ok, encoder.out_dim)
+        frames = torch.zeros(dataset.num_clips, values.shape[1], encoder.out_dim)
+        frame_lengths = torch.zeros(dataset.num_clips, dtype=torch.long)
+        valid = torch.zeros(dataset.num_clips, dtype=torch.bool)
+        if order:
+            idx = torch.cat(order)
+            frames[idx], frame_lengths[idx], valid[idx] = values, lengths, True
+        return {"frames": frames, "lengths": frame_lengths, "valid": valid}
+
+    if not use_cache:
+        return compute()
+    key = {
+        "encoder": encoder_fingerprint(encoder),
+        "outputs": "frames",
+        "frontend": repr(dataset.config),
+        "precision": _precision_key(dtype, significant_bits),
+        "clips": [[r.clip_id] + _file_stamp(resolve_audio_path(r, dataset.root))
+                  for r in dataset.records],
+    }
+    return cached("audio-frames", key, compute)
+
+
+def encode_text_tokens(encoder: nn.Module, texts: Sequence[str], *, batch_size: int = 64,
+                       device: torch.device | str = "cpu", progress: bool = False,
+                       use_cache: bool = True, dtype: torch.dtype = torch.float64,
+                       significant_bits: int | None = 16) -> dict[str, torch.Tensor]:
+    """Token-level encoder outputs for caption texts (in order; cached).
+
+    The encoder must have ``token_embeddings(captions) -> (tokens, lengths)``
+    (:meth:`mltm.encoders.TextEncoder.token_embeddings`). Precision as in
+    :func:`encode_clips`; cache kind ``text-tokens``.
+
+    Returns:
+        ``{"tokens": (M, L, D) float32, "lengths": (M,) long}``, ``L`` the longest caption
+        (``[CLS]`` and ``[SEP]`` included); positions at or beyond a caption's length are zero.
+    """
+    if not hasattr(encoder, "token_embeddings"):
+        raise TypeError(f"{type(encoder).__name__} has no token outputs (token_embeddings); "
+                        "use mltm.encoders.TextEncoder or a pooled (linear) text head")
+    texts = list(texts)
+
+    def compute() -> dict[str, torch.Tensor]:
+        was_training = encoder.training
+        enc = encoder_in(encoder, dtype, device)
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        from tqdm import tqdm
+
+        with torch.no_grad():
+            for i in tqdm(range(0, len(texts), batch_size), desc="text encoder (tokens)",
+                          disable=not progress, leave=False):
+                tokens, lengths = enc.token_embeddings(texts[i:i + batch_size])
+                parts.append((_finish(tokens.cpu(), significant_bits), lengths.cpu().long()))
+        encoder.train(was_training)
+        tokens, lengths = pad_sequences(parts, len(texts), encoder.out_dim)
+        return {"tokens": tokens, "lengths": lengths}
+
+    if not use_cache:
+        return compute()
+    key = {"encoder": encoder_fingerprint(encoder), "outputs": "tokens", "texts": texts,
+           "precision": _precision_key(dtype, significant_bits)}
+    return cached("text-tokens", key, compute)

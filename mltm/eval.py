@@ -34,12 +34,14 @@ from mltm._atomic import atomic_write
 from mltm._cli import add_debug_flag, run_cli
 from mltm.provenance import provenance
 from mltm.train import (
+    encode_captions,
     encode_split,
     evaluate_embeddings,
     feature_precision,
     load_checkpoint,
     project_evalset,
     resolve_device,
+    sequence_outputs,
 )
 
 __all__ = ["evaluate_checkpoint", "main"]
@@ -60,7 +62,6 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zerosho
                         relevance: str = "clip", template: str = "This is a sound of {}.",
                         tsne: bool = False, device: str = "auto") -> dict[str, Any]:
     """Evaluate ``checkpoint`` on one manifest split; return the results dict."""
-    from mltm.embed import encode_texts
     from mltm.retrieval import modality_gap, prompt_for, tsne_coordinates, zero_shot_classification
 
     t0 = time.perf_counter()
@@ -73,7 +74,8 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zerosho
     precision = (feature_precision(cfg) if frozen
                  else {"dtype": torch.float32, "significant_bits": None})
     es = encode_split(root, split, model.audio_encoder, model.text_encoder,
-                      max_seconds=cfg.data.max_seconds, device=dev, cache=frozen, **precision)
+                      max_seconds=cfg.data.max_seconds, device=dev, cache=frozen, **precision,
+                      **sequence_outputs(cfg))
     audio, text = project_evalset(model, es, dev)
     out: dict[str, Any] = {
         "checkpoint": str(checkpoint), "manifest": str(manifest), "epoch": ckpt["epoch"],
@@ -84,10 +86,14 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zerosho
             raise ValueError(f"--zeroshot needs a label on every clip of {manifest}")
         classes = sorted(set(es.labels))
         prompts = [prompt_for(c, template) for c in classes]
-        feats = encode_texts(model.text_encoder, prompts, device=dev, use_cache=frozen, **precision)
+        feats, lengths = encode_captions(model.text_encoder, prompts,
+                                         sequence_outputs(cfg)["text_outputs"], device=dev,
+                                         use_cache=frozen, **precision)
         with torch.no_grad():
             model.eval()
-            class_emb = model.project_text(feats.to(dev, audio.dtype)).to(audio.dtype)
+            class_emb = model.project_text(feats.to(dev, audio.dtype),
+                                           None if lengths is None else lengths.to(dev))
+            class_emb = class_emb.to(audio.dtype)
         labels = torch.tensor([classes.index(lab) for lab in es.labels], device=dev)
         out["task"] = "zeroshot"
         out["classes"] = classes

@@ -14,7 +14,9 @@ Two paths, chosen from the config:
 
 * **fast** (both encoders frozen, the CI and CPU default): encoder outputs are computed once
   (:mod:`mltm.embed`, cached on disk) and only the heads and M are trained, on CPU in
-  seconds;
+  seconds. The outputs are pooled vectors for the ``linear`` heads, or padded frame and
+  token sequences with their lengths for the temporal heads (``model.audio_head``,
+  ``model.text_head``; :func:`encode_split`, :func:`take_rows`);
 * **end-to-end** (an encoder is fine-tuned, the paper's setting): waveforms and captions go
   through the encoders every step, bfloat16 autocast on a GPU.
 
@@ -56,7 +58,7 @@ from mltm._atomic import atomic_write
 from mltm._cli import add_debug_flag, run_cli
 from mltm.config import TrainConfig, config_from_dict, load_config, save_config
 from mltm.losses import MatchingLoss, build_loss
-from mltm.model import AudioTextModel, build_encoders, build_model
+from mltm.model import AudioTextModel, build_encoders, build_model, check_heads
 from mltm.numerics import default_dtype, tensor_digest
 from mltm.ot import ConvergenceWarning
 from mltm.provenance import provenance
@@ -74,6 +76,8 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "compute_dtype",
     "feature_precision",
+    "sequence_outputs",
+    "take_rows",
 ]
 
 #: Version 2: tensors and plain data only (read with ``torch.load(weights_only=True)``, so a
@@ -127,6 +131,29 @@ def feature_precision(cfg: TrainConfig) -> dict[str, Any]:
     """``dtype`` / ``significant_bits`` of the frozen encoders' outputs (for ``encode_*``)."""
     return {"dtype": _parse_dtype(cfg.model.feature_dtype, "model.feature_dtype"),
             "significant_bits": cfg.model.feature_bits}
+
+
+def sequence_outputs(cfg: TrainConfig) -> dict[str, str]:
+    """Which encoder outputs the heads take: ``audio_outputs`` ``pooled``/``frames`` and
+    ``text_outputs`` ``pooled``/``tokens`` (for :func:`encode_split`)."""
+    return {"audio_outputs": "pooled" if cfg.model.audio_head == "linear" else "frames",
+            "text_outputs": "pooled" if cfg.model.text_head == "linear" else "tokens"}
+
+
+def take_rows(values: torch.Tensor, lengths: torch.Tensor | None, index, device,
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows ``index`` of cached encoder outputs, on ``device`` in ``dtype``.
+
+    Pooled outputs (``lengths`` None) give ``(values[index], None)``; sequences give the
+    rows cut to the longest of them and their lengths, ready for a temporal head.
+    """
+    x = values[index]
+    if lengths is None:
+        return x.to(device, dtype), None
+    n = lengths[index]
+    if n.numel():
+        x = x[:, : max(int(n.max()), 1)]
+    return x.to(device, dtype), n.to(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -203,12 +230,16 @@ class EvalSet:
     """Encoder outputs of one split, ready to be projected and ranked.
 
     Attributes:
-        audio: (N, Da) audio encoder outputs of the usable clips.
-        text: (M, Dt) text encoder outputs of all their captions.
+        audio: (N, Da) audio encoder outputs of the usable clips, or their frames
+            (N, F, Da) when ``audio_lengths`` is given.
+        text: (M, Dt) text encoder outputs of all their captions, or their tokens
+            (M, L, Dt) when ``text_lengths`` is given.
         caption_clip: (M,) clip index of each caption.
         labels: Class label of each clip (or None).
         clip_ids: Clip ids.
         skipped: Clips dropped because their audio could not be decoded.
+        audio_lengths: (N,) valid frames of each clip (None: pooled outputs).
+        text_lengths: (M,) tokens of each caption (None: pooled outputs).
     """
 
     audio: torch.Tensor
@@ -217,6 +248,8 @@ class EvalSet:
     labels: list[str | None]
     clip_ids: list[str]
     skipped: int = 0
+    audio_lengths: torch.Tensor | None = None
+    text_lengths: torch.Tensor | None = None
 
     def digest(self) -> str:
         """12 hex digits naming the encoder outputs and the caption-to-clip map.
@@ -224,7 +257,8 @@ class EvalSet:
         Chapters print it before training: when two machines print different results, equal
         digests rule out the features (and everything upstream of them) as the cause.
         """
-        return tensor_digest(self.audio, self.text, self.caption_clip)
+        lengths = [t for t in (self.audio_lengths, self.text_lengths) if t is not None]
+        return tensor_digest(self.audio, self.text, self.caption_clip, *lengths)
 
     def label_groups(self) -> torch.Tensor:
         """Integer id of each clip's label (clips without a label get their own id)."""
@@ -236,21 +270,29 @@ class EvalSet:
 def encode_split(root: Path, split: str, audio_encoder: nn.Module, text_encoder: nn.Module, *,
                  max_seconds, device, cache: bool, progress: bool = False,
                  dtype: torch.dtype = torch.float64,
-                 significant_bits: int | None = 16) -> EvalSet:
+                 significant_bits: int | None = 16, audio_outputs: str = "pooled",
+                 text_outputs: str = "pooled") -> EvalSet:
     """Run both encoders over a split (clips view) and build an :class:`EvalSet`.
 
     ``dtype`` and ``significant_bits`` set the precision of the encoder outputs
     (:func:`mltm.embed.encode_clips`; the defaults make them the same bits on every CPU).
+    ``audio_outputs``: ``pooled`` or ``frames`` (:func:`mltm.embed.encode_clip_frames`);
+    ``text_outputs``: ``pooled`` or ``tokens`` (:func:`mltm.embed.encode_text_tokens`).
     """
     from mltm.data import AudioCaptionDataset
-    from mltm.embed import encode_clips, encode_texts
+    from mltm.embed import encode_clip_frames, encode_clips, encode_texts
+
+    if audio_outputs not in ("pooled", "frames") or text_outputs not in ("pooled", "tokens"):
+        raise ValueError(f"audio_outputs {audio_outputs!r} / text_outputs {text_outputs!r}: use "
+                         "pooled/frames and pooled/tokens")
 
     ds = AudioCaptionDataset(root, split, frontend=audio_encoder, max_seconds=max_seconds,
                              view="clips", output="waveform", train=False)
     unreadable = ds.skip_report.total  # dropped at the header scan
     precision = {"dtype": dtype, "significant_bits": significant_bits}
-    out = encode_clips(audio_encoder, ds, device=device, progress=progress, use_cache=cache,
-                       **precision)
+    encode = encode_clips if audio_outputs == "pooled" else encode_clip_frames
+    out = encode(audio_encoder, ds, device=device, progress=progress, use_cache=cache,
+                 **precision)
     valid = out["valid"]
     keep = torch.nonzero(valid).flatten().tolist()
     captions, caption_clip = [], []
@@ -258,14 +300,29 @@ def encode_split(root: Path, split: str, audio_encoder: nn.Module, text_encoder:
         for c in ds.records[ci].captions:
             captions.append(c)
             caption_clip.append(new)
-    text = encode_texts(text_encoder, captions, device=device, progress=progress, use_cache=cache,
-                        **precision)
-    return EvalSet(audio=out["features"][valid], text=text,
+    text, text_lengths = encode_captions(text_encoder, captions, text_outputs, device=device,
+                                         progress=progress, use_cache=cache, **precision)
+    audio_lengths = out["lengths"][valid] if audio_outputs == "frames" else None
+    return EvalSet(audio=out["features" if audio_outputs == "pooled" else "frames"][valid],
+                   text=text, audio_lengths=audio_lengths, text_lengths=text_lengths,
                    caption_clip=torch.tensor(caption_clip, dtype=torch.long),
                    labels=[ds.records[i].label for i in keep],
                    clip_ids=[ds.records[i].clip_id for i in keep],
                    # unreadable at the header scan + failed to decode while encoding
                    skipped=unreadable + int((~valid).sum()))
+
+
+def encode_captions(text_encoder: nn.Module, captions: list[str], text_outputs: str = "pooled",
+                    **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Text encoder outputs of ``captions``: ``(pooled (M, D), None)`` or, for
+    ``text_outputs="tokens"``, ``(tokens (M, L, D), lengths (M,))``; ``kwargs`` go to
+    :func:`mltm.embed.encode_texts` / :func:`mltm.embed.encode_text_tokens`."""
+    from mltm.embed import encode_text_tokens, encode_texts
+
+    if text_outputs == "pooled":
+        return encode_texts(text_encoder, captions, **kwargs), None
+    out = encode_text_tokens(text_encoder, captions, **kwargs)
+    return out["tokens"], out["lengths"]
 
 
 @torch.no_grad()
@@ -277,9 +334,12 @@ def project_evalset(model: AudioTextModel, es: EvalSet, device, batch_size: int 
     was = model.training
     model.eval()
     dtype = torch.promote_types(next(model.audio_head.parameters()).dtype, torch.float32)
-    a = torch.cat([model.project_audio(es.audio[i:i + batch_size].to(device, dtype)).to(dtype)
+    def rows(values, lengths, i):
+        return take_rows(values, lengths, slice(i, i + batch_size), device, dtype)
+
+    a = torch.cat([model.project_audio(*rows(es.audio, es.audio_lengths, i)).to(dtype)
                    for i in range(0, len(es.audio), batch_size)])
-    t = torch.cat([model.project_text(es.text[i:i + batch_size].to(device, dtype)).to(dtype)
+    t = torch.cat([model.project_text(*rows(es.text, es.text_lengths, i)).to(dtype)
                    for i in range(0, len(es.text), batch_size)])
     model.train(was)
     return a, t
@@ -477,6 +537,8 @@ class Trainer:
         self.dtype = compute_dtype(config)
         self.precision = (feature_precision(config) if self.fast
                           else {"dtype": torch.float32, "significant_bits": None})
+        check_heads(config.model)  # temporal heads: frozen encoders with sequence outputs
+        self.outputs = sequence_outputs(config)
         self._evalsets = dict(evalsets or {})
         if config.optim.batch_size < 2:
             raise ValueError("optim.batch_size must be at least 2 (a matching loss needs negatives)")
@@ -499,7 +561,7 @@ class Trainer:
             self._evalsets[split] = encode_split(
                 self.root, getattr(self.cfg.data, f"{split}_split"), audio_enc, text_enc,
                 max_seconds=self.cfg.data.max_seconds, device=self.device, cache=self.fast,
-                progress=self.cfg.progress, **self.precision)
+                progress=self.cfg.progress, **self.precision, **self.outputs)
         return self._evalsets[split]
 
     def _train_pairs(self):
@@ -519,7 +581,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if self.fast:
             tr = self.evalset("train")
-            model = build_model(cfg.model, audio_dim=tr.audio.shape[1], text_dim=tr.text.shape[1],
+            model = build_model(cfg.model, audio_dim=tr.audio.shape[-1], text_dim=tr.text.shape[-1],
                                 with_encoders=False, dtype=self.dtype)
         else:
             audio_enc, text_enc = self._encoders()
@@ -561,7 +623,8 @@ class Trainer:
     def _step_embeddings(self, model, pairs_ds, batch_idx, batch):
         """Joint embeddings of a batch of pairs, and their clip ids.
 
-        Fast path: ``batch_idx`` (pair indices) into the precomputed encoder outputs.
+        Fast path: ``batch_idx`` (pair indices) into the precomputed encoder outputs (pooled
+        vectors, or padded sequences with their lengths for temporal heads).
         End-to-end: ``batch``, a collated batch of waveforms and captions.
         """
         if self.fast:
@@ -569,9 +632,10 @@ class Trainer:
             tr = self.evalset("train")
             rows = self._clip_row[clip]
             ok = rows >= 0  # clips whose audio could not be decoded are left out
-            a_feat = tr.audio[rows[ok]].to(self.device, self.dtype)
-            t_feat = self._pair_text_feats[torch.as_tensor(batch_idx)[ok]].to(self.device, self.dtype)
-            return model.project_audio(a_feat), model.project_text(t_feat), clip[ok].to(self.device)
+            audio = take_rows(tr.audio, tr.audio_lengths, rows[ok], self.device, self.dtype)
+            text_rows = self._pair_text_row[torch.as_tensor(batch_idx)[ok]]
+            text = take_rows(*self._pair_text, text_rows, self.device, self.dtype)
+            return model.project_audio(*audio), model.project_text(*text), clip[ok].to(self.device)
         if batch["audio"].shape[0] == 0:  # every clip of the batch failed to decode
             return None, None, None
         amp = self.cfg.optim.amp and self.device.type == "cuda"
@@ -585,14 +649,13 @@ class Trainer:
         # map dataset clip index -> row of the (valid-only) EvalSet
         row_of = {cid: i for i, cid in enumerate(tr.clip_ids)}
         self._clip_row = torch.tensor([row_of.get(r.clip_id, -1) for r in pairs_ds.records])
-        # text features of every pair's (possibly corrupted) caption
-        from mltm.embed import encode_texts
-
+        # text features of the distinct (possibly corrupted) pair captions, and each pair's row
         uniq = sorted(set(pairs_ds.pair_captions))
-        feats = encode_texts(self._encoders()[1], uniq, device=self.device,
-                             progress=self.cfg.progress, use_cache=True, **self.precision)
+        self._pair_text = encode_captions(self._encoders()[1], uniq, self.outputs["text_outputs"],
+                                          device=self.device, progress=self.cfg.progress,
+                                          use_cache=True, **self.precision)
         pos = {t: i for i, t in enumerate(uniq)}
-        self._pair_text_feats = feats[torch.tensor([pos[t] for t in pairs_ds.pair_captions])]
+        self._pair_text_row = torch.tensor([pos[t] for t in pairs_ds.pair_captions])
 
     # -- run --------------------------------------------------------------------------------
 

