@@ -106,6 +106,42 @@ def encoder_in(encoder: nn.Module, dtype: torch.dtype, device) -> nn.Module:
     return copy.deepcopy(encoder).to(device=device, dtype=dtype).eval()
 
 
+#: Clips per cache file for datasets larger than this: a long encoding (10,000 scenes take hours
+#: on a CPU) is saved shard by shard, so an interrupted run resumes where it stopped. A
+#: dataset of at most this many clips keeps a single cache file (and its key of before).
+CLIP_SHARD = 1024
+
+
+def _sharded(kind: str, key: dict[str, Any], n: int, compute_rows, merge, shard: int | None):
+    """``compute_rows(range)``'s outputs for rows ``0..n``, cached per shard of ``shard`` rows.
+
+    The key of each shard holds only that shard's inputs (``key["clips"][start:stop]``) plus
+    the rest of ``key``, so a shard is reused whatever the dataset around it, and ``merge``
+    concatenates the shards' dicts in order.
+    """
+    shard = shard or CLIP_SHARD
+    if n <= shard:
+        return cached(kind, key, lambda: compute_rows(range(n)))
+    parts = []
+    for start in range(0, n, shard):
+        stop = min(n, start + shard)
+        k = {**key, "clips": key["clips"][start:stop], "shard": [start, stop]}
+        parts.append(cached(kind, k, lambda a=start, b=stop: compute_rows(range(a, b))))
+    return merge(parts)
+
+
+def _cat_rows(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate shard dicts along rows, zero-padding sequence outputs to the widest shard."""
+    out = {}
+    for name in parts[0]:
+        values = [p[name] for p in parts]
+        if values[0].dim() == 3:
+            width = max(v.shape[1] for v in values)
+            values = [torch.nn.functional.pad(v, (0, 0, 0, width - v.shape[1])) for v in values]
+        out[name] = torch.cat(values)
+    return out
+
+
 def _finish(x: torch.Tensor, significant_bits: int | None) -> torch.Tensor:
     if significant_bits is not None:
         x = round_significant(x, significant_bits)
@@ -127,11 +163,15 @@ def _file_stamp(path: Path) -> list[Any]:
 def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
                  device: torch.device | str = "cpu", progress: bool = False,
                  use_cache: bool = True, dtype: torch.dtype = torch.float64,
-                 significant_bits: int | None = 16) -> dict[str, torch.Tensor]:
+                 significant_bits: int | None = 16,
+                 shard: int | None = None) -> dict[str, torch.Tensor]:
     """Encoder outputs for every clip of a clips-view :class:`~mltm.data.AudioCaptionDataset`.
 
     The encoder runs in ``dtype`` (on a copy when its parameters have another dtype) and
     the outputs are rounded to ``significant_bits`` (see the module docstring).
+
+    A dataset of more than ``shard`` clips (default :data:`CLIP_SHARD`) is cached shard by
+    shard, so an interrupted encoding resumes at the first missing shard.
 
     Returns:
         ``{"features": (N, D) float32, "valid": (N,) bool}``; rows of clips whose audio
@@ -142,13 +182,13 @@ def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
         raise ValueError("encode_clips needs a dataset with view='clips'")
     from mltm.data.manifest import resolve_audio_path
 
-    def compute() -> dict[str, torch.Tensor]:
+    def compute(rows: range) -> dict[str, torch.Tensor]:
         was_training = encoder.training
         enc = encoder_in(encoder, dtype, device)
-        feats = torch.zeros(dataset.num_clips, encoder.out_dim)
-        valid = torch.zeros(dataset.num_clips, dtype=torch.bool)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                            collate_fn=dataset.collate_fn)
+        feats = torch.zeros(len(rows), encoder.out_dim)
+        valid = torch.zeros(len(rows), dtype=torch.bool)
+        loader = DataLoader(torch.utils.data.Subset(dataset, rows), batch_size=batch_size,
+                            shuffle=False, collate_fn=dataset.collate_fn)
         from tqdm import tqdm
 
         with torch.no_grad():
@@ -156,14 +196,14 @@ def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
                 if batch["audio"].shape[0] == 0:
                     continue
                 out = enc(batch["audio"].to(device, dtype), batch["lengths"].to(device))
-                idx = batch["index"]
+                idx = torch.as_tensor(batch["index"]).long() - rows.start
                 feats[idx] = _finish(out.cpu(), significant_bits)
                 valid[idx] = True
         encoder.train(was_training)
         return {"features": feats, "valid": valid}
 
     if not use_cache:
-        return compute()
+        return compute(range(dataset.num_clips))
     key = {
         "encoder": encoder_fingerprint(encoder),
         "frontend": repr(dataset.config),
@@ -171,7 +211,7 @@ def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
         "clips": [[r.clip_id] + _file_stamp(resolve_audio_path(r, dataset.root))
                   for r in dataset.records],
     }
-    return cached("audio", key, compute)
+    return _sharded("audio", key, dataset.num_clips, compute, _cat_rows, shard)
 
 
 def encode_texts(encoder: nn.Module, texts: Sequence[str], *, batch_size: int = 64,
@@ -227,12 +267,13 @@ def pad_sequences(parts: list[tuple[torch.Tensor, torch.Tensor]], total: int,
 def encode_clip_frames(encoder: nn.Module, dataset, *, batch_size: int = 16,
                        device: torch.device | str = "cpu", progress: bool = False,
                        use_cache: bool = True, dtype: torch.dtype = torch.float64,
-                       significant_bits: int | None = 16) -> dict[str, torch.Tensor]:
+                       significant_bits: int | None = 16,
+                       shard: int | None = None) -> dict[str, torch.Tensor]:
     """Frame-level encoder outputs for every clip of a clips-view dataset (cached).
 
     The encoder must have ``frame_embeddings(audio, lengths) -> (frames, frame_lengths)``
     (:meth:`mltm.encoders.AisfxEncoder.frame_embeddings`). Precision as in
-    :func:`encode_clips`; cache kind ``audio-frames``.
+    :func:`encode_clips`; cache kind ``audio-frames``, sharded as in :func:`encode_clips`.
 
     Returns:
         ``{"frames": (N, F, D) float32, "lengths": (N,) long, "valid": (N,) bool}`` with
@@ -252,13 +293,13 @@ def encode_clip_frames(encoder: nn.Module, dataset, *, batch_size: int = 16,
                         "use the aisfx audio encoder or a pooled (linear) audio head")
     from mltm.data.manifest import resolve_audio_path
 
-    def compute() -> dict[str, torch.Tensor]:
+    def compute(rows: range) -> dict[str, torch.Tensor]:
         was_training = encoder.training
         enc = encoder_in(encoder, dtype, device)
         parts: list[tuple[torch.Tensor, torch.Tensor]] = []
         order: list[torch.Tensor] = []
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                            collate_fn=dataset.collate_fn)
+        loader = DataLoader(torch.utils.data.Subset(dataset, rows), batch_size=batch_size,
+                            shuffle=False, collate_fn=dataset.collate_fn)
         from tqdm import tqdm
 
         with torch.no_grad():
@@ -269,20 +310,20 @@ def encode_clip_frames(encoder: nn.Module, dataset, *, batch_size: int = 16,
                 frames, lengths = enc.frame_embeddings(batch["audio"].to(device, dtype),
                                                        batch["lengths"].to(device))
                 parts.append((_finish(frames.cpu(), significant_bits), lengths.cpu().long()))
-                order.append(torch.as_tensor(batch["index"]).long())
+                order.append(torch.as_tensor(batch["index"]).long() - rows.start)
         encoder.train(was_training)
         n_ok = sum(len(i) for i in order)
         values, lengths = pad_sequences(parts, n_ok, encoder.out_dim)
-        frames = torch.zeros(dataset.num_clips, values.shape[1], encoder.out_dim)
-        frame_lengths = torch.zeros(dataset.num_clips, dtype=torch.long)
-        valid = torch.zeros(dataset.num_clips, dtype=torch.bool)
+        frames = torch.zeros(len(rows), values.shape[1], encoder.out_dim)
+        frame_lengths = torch.zeros(len(rows), dtype=torch.long)
+        valid = torch.zeros(len(rows), dtype=torch.bool)
         if order:
             idx = torch.cat(order)
             frames[idx], frame_lengths[idx], valid[idx] = values, lengths, True
         return {"frames": frames, "lengths": frame_lengths, "valid": valid}
 
     if not use_cache:
-        return compute()
+        return compute(range(dataset.num_clips))
     key = {
         "encoder": encoder_fingerprint(encoder),
         "outputs": "frames",
@@ -291,7 +332,7 @@ def encode_clip_frames(encoder: nn.Module, dataset, *, batch_size: int = 16,
         "clips": [[r.clip_id] + _file_stamp(resolve_audio_path(r, dataset.root))
                   for r in dataset.records],
     }
-    return cached("audio-frames", key, compute)
+    return _sharded("audio-frames", key, dataset.num_clips, compute, _cat_rows, shard)
 
 
 def encode_text_tokens(encoder: nn.Module, texts: Sequence[str], *, batch_size: int = 64,

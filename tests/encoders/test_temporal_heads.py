@@ -267,6 +267,42 @@ def test_frame_cache_key_differs_from_pooled_and_matches_to_the_rounding(tmp_pat
     assert len(list((tmp_path / "cache" / "embeddings").glob("audio-frames-*.pt"))) == 2
 
 
+def test_sharded_cache_equals_one_file_and_resumes_at_the_missing_shard(tmp_path, monkeypatch,
+                                                                        random_aisfx):
+    """A large dataset is cached shard by shard: the same values as one file, and an encoding
+    interrupted after some shards computes only the others when run again."""
+    import mltm.embed as embed
+
+    monkeypatch.setenv("MLTM_CACHE", str(tmp_path / "cache"))
+    root = _write_clips(tmp_path / "ds", n_clips=7, splits=("test",))
+    ds = AudioCaptionDataset(root, "test", frontend=random_aisfx, view="clips", output="waveform")
+    whole = {"pooled": encode_clips(random_aisfx, ds, batch_size=2, use_cache=False),
+             "frames": encode_clip_frames(random_aisfx, ds, batch_size=2, use_cache=False)}
+    for kind, fn in (("pooled", encode_clips), ("frames", encode_clip_frames)):
+        got = fn(random_aisfx, ds, batch_size=2, shard=3)  # shards of 3, 3, 1 clips
+        assert got.keys() == whole[kind].keys()
+        for name in got:
+            assert torch.equal(got[name], whole[kind][name]), (kind, name)
+    cache = tmp_path / "cache" / "embeddings"
+    assert len(list(cache.glob("audio-frames-*.pt"))) == 3
+    assert len([f for f in cache.glob("audio-*.pt") if "frames" not in f.name]) == 3
+    # interrupt: lose one shard file, count the clips encoded again
+    victim = sorted(cache.glob("audio-frames-*.pt"))[0]
+    victim.unlink()
+    seen = []
+    real = random_aisfx.frame_embeddings
+    monkeypatch.setattr(type(random_aisfx), "frame_embeddings",
+                        lambda self, a, n: (seen.append(a.shape[0]), real(a, n))[1])
+    again = encode_clip_frames(random_aisfx, ds, batch_size=2, shard=3)
+    assert torch.equal(again["frames"], whole["frames"]["frames"])
+    assert 0 < sum(seen) <= 3  # one shard, not the dataset
+    # a dataset that fits in one shard is one file, under the key it had before shards existed
+    before = set(cache.glob("audio-*.pt"))
+    encode_clips(random_aisfx, ds, batch_size=2)
+    new = set(cache.glob("audio-*.pt")) - before
+    assert ds.num_clips <= embed.CLIP_SHARD and len(new) == 1
+
+
 def test_frames_need_an_encoder_with_frame_outputs(tmp_path):
     root = _write_clips(tmp_path, n_clips=1, splits=("test",))
     from mltm.encoders import Cnn14
