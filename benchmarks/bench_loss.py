@@ -1,6 +1,7 @@
 """The m-LTM loss, ours against the released formulation, measured side by side in one run.
 
-    .venv/bin/python benchmarks/bench_loss.py [--device cpu|cuda] [--repeat 3] [--out results/benchmarks]
+    .venv/bin/python benchmarks/bench_loss.py [--device cpu|cuda] [--repeat 3]
+        [--out results/benchmarks]
 
 1. Loss forward + backward at b = 256, d = 1024 (float32, eps = 0.05, cost divided by its
    maximum as the released code does), with respect to both embedding matrices and M:
@@ -145,7 +146,8 @@ def bench_step_parts(device, repeat, lr=1e-3):
             k: times[f"{k}_ms"] / forced
             for k in ("loss_fwd_bwd", "adam_step", "projection_forced_eigh")},
         "projection_skipped_over_loss": times["projection_skipped_ms"] / times["loss_fwd_bwd_ms"],
-        "projection_forced_over_loss": times["projection_forced_eigh_ms"] / times["loss_fwd_bwd_ms"],
+        "projection_forced_over_loss": (times["projection_forced_eigh_ms"]
+                                        / times["loss_fwd_bwd_ms"]),
         "forced_over_skipped_projection": (times["projection_forced_eigh_ms"]
                                            / times["projection_skipped_ms"]),
         "lr": lr, "dtype": "float32", "metric": "full",
@@ -186,7 +188,8 @@ def bench_train_step(device, repeat):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks")
@@ -198,9 +201,12 @@ def main(argv=None) -> int:
     rows = results["loss_b256_d1024"]
     print("\n[1] m-LTM loss fwd+bwd, b=256, d=1024")
     for k, r in rows.items():
-        print(f"  {k:<34} {r['fwd_bwd_ms']:9.1f} ms   autograd state {r['autograd_saved_MB']:9.1f} MB")
-    speedup = rows["released (einsum + POT 1000 it.)"]["fwd_bwd_ms"] / rows["mltm full M"]["fwd_bwd_ms"]
-    print(f"  speed-up of mltm (full M) over the released formulation: {speedup:.1f}x (target >= 20)")
+        print(f"  {k:<34} {r['fwd_bwd_ms']:9.1f} ms   "
+              f"autograd state {r['autograd_saved_MB']:9.1f} MB")
+    speedup = (rows["released (einsum + POT 1000 it.)"]["fwd_bwd_ms"]
+               / rows["mltm full M"]["fwd_bwd_ms"])
+    print(f"  speed-up of mltm (full M) over the released formulation: {speedup:.1f}x "
+          "(target >= 20)")
     targets = {"loss_speedup_vs_released_>=20": speedup >= 20}
     results["step_parts_b256_d1024_full_M"] = sp = bench_step_parts(device, args.repeat)
     print("\n[2] one training step (embeddings + full M), b=256, d=1024, Adam, eq. 11 projection")
@@ -210,7 +216,8 @@ def main(argv=None) -> int:
         share = (sp["share_of_step_skipped"].get(k) if k != "projection_forced_eigh"
                  else sp["share_of_step_forced"][k])
         print(f"  {label:<36} {sp[f'{k}_ms']:9.1f} ms   {100 * share:5.1f}% of its step")
-    print(f"  step {sp['step_skipped_ms']:.1f} ms when skipped, {sp['step_forced_ms']:.1f} ms forced; "
+    print(f"  step {sp['step_skipped_ms']:.1f} ms when skipped, "
+          f"{sp['step_forced_ms']:.1f} ms forced; "
           f"projection/loss {sp['projection_skipped_over_loss']:.2f} skipped, "
           f"{sp['projection_forced_over_loss']:.2f} forced; eigh/Cholesky path "
           f"{sp['forced_over_skipped_projection']:.1f}x")

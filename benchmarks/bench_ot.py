@@ -1,6 +1,7 @@
 """Speed and memory of mltm.ot, measured side by side with POT in one run.
 
-    .venv/bin/python benchmarks/bench_ot.py [--device cpu|cuda] [--repeat 5] [--out results/benchmarks]
+    .venv/bin/python benchmarks/bench_ot.py [--device cpu|cuda] [--repeat 5]
+        [--out results/benchmarks]
 
 Problems (synthetic unit-norm embeddings whose matched pairs have cosine ~0.38, the overlap
 of m-LTM's training batches; costs are Euclidean distances, eps = 0.05, float32):
@@ -43,7 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EPS = 0.05
 
 
-def embeddings_cost(n_audio: int, captions_per_audio: int, dim: int, seed: int, device) -> torch.Tensor:
+def embeddings_cost(n_audio: int, captions_per_audio: int, dim: int, seed: int,
+                    device) -> torch.Tensor:
     """Euclidean costs between unit audio embeddings and their noisy caption embeddings."""
     g = torch.Generator().manual_seed(seed)
     x = torch.nn.functional.normalize(torch.randn(n_audio, dim, generator=g), dim=-1)
@@ -79,12 +81,15 @@ def bench_balanced(device, repeat, dtype=torch.float32):
     a = uniform(256, device, dtype)
     solvers = {
         "mltm implicit": lambda Cg: sinkhorn_log(Cg, EPS, tol=1e-6, backend="kernel").plan,
-        "mltm implicit, log-domain forward": lambda Cg: sinkhorn_log(Cg, EPS, tol=1e-6, backend="torch").plan,
+        "mltm implicit, log-domain forward":
+            lambda Cg: sinkhorn_log(Cg, EPS, tol=1e-6, backend="torch").plan,
         "mltm unroll": lambda Cg: sinkhorn_log(Cg, EPS, tol=1e-6, grad="unroll").plan,
-        "POT sinkhorn_log autodiff": lambda Cg: ot.sinkhorn(a, a, Cg, EPS, method="sinkhorn_log", stopThr=1e-6),
+        "POT sinkhorn_log autodiff":
+            lambda Cg: ot.sinkhorn(a, a, Cg, EPS, method="sinkhorn_log", stopThr=1e-6),
     }
     C64 = C.double()
-    g_ref = fwd_bwd(lambda Cg: sinkhorn_log(Cg, EPS, tol=1e-12, max_iter=10_000, grad="unroll").plan, C64)()
+    g_ref = fwd_bwd(lambda Cg: sinkhorn_log(Cg, EPS, tol=1e-12, max_iter=10_000,
+                                            grad="unroll").plan, C64)()
     with torch.no_grad():
         P_ref = sinkhorn_log(C64, EPS, tol=1e-12, max_iter=10_000, backend="torch").plan
         P_pot = ot.sinkhorn(a, a, C, EPS, method="sinkhorn_log", stopThr=1e-6)
@@ -114,7 +119,8 @@ def bench_test_size(device, repeat):
         res = sinkhorn_log(C, EPS, tol=1e-6)
         t_mltm = best_time(lambda: sinkhorn_log(C, EPS, tol=1e-6), device, repeat)
         P_pot, log = ot.sinkhorn(a, b, C, EPS, method="sinkhorn_log", stopThr=1e-6, log=True)
-        t_pot = best_time(lambda: ot.sinkhorn(a, b, C, EPS, method="sinkhorn_log", stopThr=1e-6), device, repeat)
+        t_pot = best_time(lambda: ot.sinkhorn(a, b, C, EPS, method="sinkhorn_log", stopThr=1e-6),
+                          device, repeat)
     return {
         "mltm": {"forward_ms": 1e3 * t_mltm, "iterations": res.n_iter},
         "POT sinkhorn_log": {"forward_ms": 1e3 * t_pot, "iterations": int(log["niter"])},
@@ -153,18 +159,23 @@ def bench_per_iteration(device, repeat):
         row = {}
         with torch.no_grad():
             for backend in ("cuda_graph", "torch"):
-                t = best_time(lambda: sinkhorn_log(C, EPS, tol=None, max_iter=iters, backend=backend), device, repeat)
+                t = best_time(lambda: sinkhorn_log(C, EPS, tol=None, max_iter=iters,
+                                                   backend=backend),
+                              device, repeat)
                 row[f"mltm {backend} us/iter"] = 1e6 * t / iters
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                t = best_time(lambda: ot.sinkhorn(a, b, C, EPS, method="sinkhorn_log", stopThr=0.0, numItermax=100), device, repeat)
+                t = best_time(lambda: ot.sinkhorn(a, b, C, EPS, method="sinkhorn_log",
+                                                  stopThr=0.0, numItermax=100),
+                              device, repeat)
             row["POT sinkhorn_log us/iter"] = 1e6 * t / 100
         rows[label] = row
     return rows
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks")
@@ -180,28 +191,37 @@ def main(argv=None) -> int:
         print(f"\n[1] balanced b=256, fwd+bwd of the m-LTM loss to tol 1e-6, {str(dtype)[6:]}")
         for k, r in bal.items():
             print(f"  {k:<34} {r['fwd_bwd_ms']:7.2f} ms  saved {r['autograd_saved_MB']:7.3f} MB  "
-                  f"grad rel. err {r['grad_rel_error_vs_f64']:.1e}  plan err vs POT {r['plan_max_abs_error_vs_pot']:.1e}"
+                  f"grad rel. err {r['grad_rel_error_vs_f64']:.1e}  "
+                  f"plan err vs POT {r['plan_max_abs_error_vs_pot']:.1e}"
                   f"  vs f64 {r['plan_max_abs_error_vs_f64']:.1e}")
         pot = bal["POT sinkhorn_log autodiff"]["fwd_bwd_ms"]
         speedups[key] = speedup = pot / bal["mltm implicit"]["fwd_bwd_ms"]
         print(f"  speed-up vs POT: {speedup:.2f}x (target >= 5; log-domain forward: "
-              f"{pot / bal['mltm implicit, log-domain forward']['fwd_bwd_ms']:.2f}x);  backward state "
+              f"{pot / bal['mltm implicit, log-domain forward']['fwd_bwd_ms']:.2f}x);  "
+              "backward state "
               f"{bal['mltm implicit']['autograd_saved_MB']:.3f} MB (target <= 1)")
     bal = results["balanced_b256"]
     speedup = speedups["balanced_b256"]
 
     results["test_957x4785"] = test = bench_test_size(device, args.repeat)
     print("\n[2] test size 957 x 4785, forward to tol 1e-6")
-    print(f"  mltm   {test['mltm']['forward_ms']:8.1f} ms ({test['mltm']['iterations']} iterations)")
-    print(f"  POT    {test['POT sinkhorn_log']['forward_ms']:8.1f} ms ({test['POT sinkhorn_log']['iterations']} iterations)")
-    print(f"  ratio POT/mltm {test['POT sinkhorn_log']['forward_ms'] / test['mltm']['forward_ms']:.2f}x; plans differ by {test['plan_max_abs_difference']:.1e}")
+    print(f"  mltm   {test['mltm']['forward_ms']:8.1f} ms "
+          f"({test['mltm']['iterations']} iterations)")
+    print(f"  POT    {test['POT sinkhorn_log']['forward_ms']:8.1f} ms "
+          f"({test['POT sinkhorn_log']['iterations']} iterations)")
+    print("  ratio POT/mltm "
+          f"{test['POT sinkhorn_log']['forward_ms'] / test['mltm']['forward_ms']:.2f}x; "
+          f"plans differ by {test['plan_max_abs_difference']:.1e}")
 
     results["partial_b256_mass0.8"] = part = bench_partial(device, args.repeat)
     print("\n[3] partial OT, mass 0.8, b=256, fwd+bwd")
     for k, r in part.items():
-        print(f"  {k:<14} {r['fwd_bwd_ms']:10.1f} ms   saved {r['autograd_saved_MB']:9.1f} MB   plan max abs err vs f64 {r['plan_max_abs_error_vs_f64']:.1e}")
+        print(f"  {k:<14} {r['fwd_bwd_ms']:10.1f} ms   "
+              f"saved {r['autograd_saved_MB']:9.1f} MB   "
+              f"plan max abs err vs f64 {r['plan_max_abs_error_vs_f64']:.1e}")
     p_speedup = part["POT defaults"]["fwd_bwd_ms"] / part["mltm partial"]["fwd_bwd_ms"]
-    print(f"  speed-up vs POT defaults: {p_speedup:.0f}x (target >= 100); plan within 1e-6: {part['mltm partial']['plan_max_abs_error_vs_f64'] <= 1e-6}")
+    print(f"  speed-up vs POT defaults: {p_speedup:.0f}x (target >= 100); "
+          f"plan within 1e-6: {part['mltm partial']['plan_max_abs_error_vs_f64'] <= 1e-6}")
 
     targets = {
         "balanced_speedup_vs_pot_>=5": speedup >= 5,

@@ -56,7 +56,8 @@ def gallery(n: int, dim: int, seed: int = 0):
     audio = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1)
     sigma = (5.9 / dim) ** 0.5  # cos(x, x + sigma g) ~ 0.38
     text = audio.repeat_interleave(5, 0)
-    text = torch.nn.functional.normalize(text + sigma * torch.randn(text.shape, generator=g), dim=-1)
+    text = torch.nn.functional.normalize(text + sigma * torch.randn(text.shape, generator=g),
+                                         dim=-1)
     return audio, text
 
 
@@ -68,32 +69,36 @@ def child(args) -> int:
     rss0 = _status_kib("VmRSS")
     t0 = time.perf_counter()
     if args.child == "streamed":
-        res = plan_topk(audio, text, K, eps=EPS, direction="t2a", tol=args.tol, check_every=args.check_every)
+        res = plan_topk(audio, text, K, eps=EPS, direction="t2a", tol=args.tol,
+                        check_every=args.check_every)
         indices, n_iter, err = res.indices, res.potentials.n_iter, res.potentials.marginal_error
     else:
         C = pairwise_cost(cosine_distance, audio, text)
-        scores = _scores_from_cost(C, "plan", EPS, {"tol": args.tol, "check_every": args.check_every})
+        scores = _scores_from_cost(C, "plan", EPS,
+                                   {"tol": args.tol, "check_every": args.check_every})
         indices = torch.topk(scores.T, K, dim=1).indices
         n_iter, err = None, None
     seconds = time.perf_counter() - t0
     peak_delta = _status_kib("VmHWM") - rss0
     if args.save:
         torch.save(indices, args.save)
-    print(json.dumps({"seconds": seconds, "peak_rss_delta_MB": peak_delta / 1024, "iterations": n_iter,
-                      "marginal_error": err}))
+    print(json.dumps({"seconds": seconds, "peak_rss_delta_MB": peak_delta / 1024,
+                      "iterations": n_iter, "marginal_error": err}))
     return 0
 
 
 def run_child(kind: str, n: int, dim: int, tol: float, check_every: int, save: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--n", str(n), "--dim", str(dim), "--tol", str(tol),
-           "--check-every", str(check_every), "--save", str(save)]
+    cmd = [sys.executable, __file__, "--child", kind, "--n", str(n), "--dim", str(dim),
+           "--tol", str(tol), "--check-every", str(check_every), "--save", str(save)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=20_000, help="clips of the large gallery (captions: 5 n)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=20_000,
+                        help="clips of the large gallery (captions: 5 n)")
     parser.add_argument("--small-n", type=int, default=2_000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--tol", type=float, default=1e-6)
@@ -106,7 +111,8 @@ def main(argv=None) -> int:
         return child(args)
 
     name, _ = device_name("cpu")
-    print(f"device: {name}; torch {torch.__version__}; eps {EPS}; cosine cost; float32; d={args.dim}; "
+    print(f"device: {name}; torch {torch.__version__}; eps {EPS}; cosine cost; float32; "
+          f"d={args.dim}; "
           f"tol {args.tol:g} (check every {args.check_every})")
     tmp_dir = tempfile.TemporaryDirectory(prefix="bench_ranking_")
     tmp = Path(tmp_dir.name)
@@ -127,11 +133,15 @@ def main(argv=None) -> int:
         "dense_need_MB_computed": n * m * 4 * WORK_MATRICES / 2**20,
     }
     results["small"] = small
-    print(f"\n[small] {n} x {m}: dense {dense['seconds']:.2f} s, peak +{dense['peak_rss_delta_MB']:.0f} MB "
-          f"(computed need {small['dense_need_MB_computed']:.0f} MB); streamed {streamed['seconds']:.2f} s, "
-          f"peak +{streamed['peak_rss_delta_MB']:.0f} MB, {streamed['iterations']} iterations, marginal error "
+    print(f"\n[small] {n} x {m}: dense {dense['seconds']:.2f} s, "
+          f"peak +{dense['peak_rss_delta_MB']:.0f} MB "
+          f"(computed need {small['dense_need_MB_computed']:.0f} MB); "
+          f"streamed {streamed['seconds']:.2f} s, "
+          f"peak +{streamed['peak_rss_delta_MB']:.0f} MB, {streamed['iterations']} iterations, "
+          "marginal error "
           f"{streamed['marginal_error']:.2e}")
-    print(f"  time streamed/dense {small['time_ratio_streamed_over_dense']:.2f}x; top-10 lists identical for "
+    print(f"  time streamed/dense {small['time_ratio_streamed_over_dense']:.2f}x; "
+          "top-10 lists identical for "
           f"{100 * small['top10_lists_identical_fraction']:.2f} % of queries, top-1 agreement "
           f"{100 * small['top1_agreement']:.2f} %")
 
@@ -142,8 +152,10 @@ def main(argv=None) -> int:
     results["large"] = {"N": n, "M": m, "streamed": big, "dense_need_GB_computed": need / 2**30,
                         "dense_work_matrices": WORK_MATRICES,
                         "embeddings_MB": (n + m) * args.dim * 4 / 2**20}
-    print(f"\n[large] {n} x {m}: streamed top-{K} t2a {big['seconds']:.1f} s, {big['iterations']} iterations, "
-          f"marginal error {big['marginal_error']:.2e}, peak +{big['peak_rss_delta_MB']:.0f} MB; dense would need "
+    print(f"\n[large] {n} x {m}: streamed top-{K} t2a {big['seconds']:.1f} s, "
+          f"{big['iterations']} iterations, "
+          f"marginal error {big['marginal_error']:.2e}, "
+          f"peak +{big['peak_rss_delta_MB']:.0f} MB; dense would need "
           f"{need / 2**30:.1f} GB ({WORK_MATRICES} x {n} x {m} x 4 bytes), not run")
     tmp_dir.cleanup()
 

@@ -23,8 +23,8 @@ Match (:func:`match_score`)
 
 Search (:func:`near_duplicate_pairs`)
     All-pairs matching would be slow for ~6,000 files, so a cheap prefilter first compares the
-    time-averaged band profiles (Pearson >= ``prefilter``, default 0.97) and the length ratio; only pairs
-    that pass get the sliding match.
+    time-averaged band profiles (Pearson >= ``prefilter``, default 0.97) and the length ratio;
+    only pairs that pass get the sliding match.
 """
 
 from __future__ import annotations

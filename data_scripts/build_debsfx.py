@@ -65,7 +65,9 @@ if __package__ in (None, ""):
 
 from data_scripts import buildlib as bl  # noqa: E402
 from data_scripts.audio_fingerprint import fingerprint, near_duplicate_pairs  # noqa: E402
-from data_scripts.debian import Package, copyright_text, data_root, fetch_deb, unpack, unpack_zip_inside  # noqa: E402
+from data_scripts.debian import (  # noqa: E402
+    Package, copyright_text, data_root, fetch_deb, unpack, unpack_zip_inside,
+)
 
 BUILDER_VERSION = 2  # 2: mix-down and resampling in float64 (the same samples on every CPU)
 RULES_DIR = Path(__file__).resolve().parent / "rules"
@@ -209,7 +211,9 @@ def load_rules(path: Path = RULES_PATH) -> RuleTable:
         where = f"{path}:{n}"
         if cols[0] == "@word":
             if len(cols) != 4:
-                raise ValueError(f"{where}: @word needs 3 tab-separated fields (slot, value, words)")
+                raise ValueError(
+                    f"{where}: @word needs 3 tab-separated fields (slot, value, words)"
+                )
             words[(cols[1], cols[2].lower())] = cols[3]
             continue
         if len(cols) != 4:
@@ -346,7 +350,8 @@ def split_families(fam_sizes: dict[str, dict[str, int]], seed: int) -> dict[str,
         order = sorted(fams, key=lambda f: (-fams[f], bl.stable_hash(seed, f)))
         for f in order:
             deficit = {s: SPLIT_SHARE[s] * total - have[s] for s in SPLIT_SHARE}
-            best = max(SPLIT_TIE_ORDER, key=lambda s: (round(deficit[s], 9), -SPLIT_TIE_ORDER.index(s)))
+            best = max(SPLIT_TIE_ORDER,
+                       key=lambda s: (round(deficit[s], 9), -SPLIT_TIE_ORDER.index(s)))
             out[f] = best
             have[best] += fams[f]
     return out

@@ -19,7 +19,8 @@ synthesized or interface sounds, names that do not say what is heard, and MP3 fi
 Output (``$MLTM_DATA/edusounds-zs``), the same layout as ``tuxpaint-zs`` (both written by
 :mod:`data_scripts.esc50_layout`)::
 
-    esc50/meta/esc50.csv     ESC-50's exact header: filename,fold,target,category,esc10,src_file,take
+    esc50/meta/esc50.csv     ESC-50's exact header:
+                             filename,fold,target,category,esc10,src_file,take
     esc50/audio/*.wav        44.1 kHz mono 16-bit, 5 s (zero-padded / cut), like ESC-50
     test.jsonl               written by mltm.data.converters.prepare_esc50, prompt
                              "This is a sound of {class}"; source and licence per clip
@@ -85,7 +86,10 @@ class TableRow:
 
 
 def load_table(path: Path = TABLE) -> list[TableRow]:
-    """The class table's rows sorted by (package, member); ValueError naming the line on a bad row."""
+    """The class table's rows sorted by (package, member).
+
+    A bad row raises ValueError naming its line.
+    """
     rows, seen = [], set()
     for n, (package, member, cls, lic) in esc.read_table_rows(
             path, ("package", "member", "class", "licence")):

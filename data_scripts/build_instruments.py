@@ -150,7 +150,8 @@ def draw_phrase(instruments: list[Instrument], seed: int, i: int) -> Phrase:
     top = inst.hi - 12
     edges = np.linspace(inst.lo, top, 4)
     r = REGISTERS.index(register)
-    base = int(rng.integers(int(round(edges[r])), max(int(round(edges[r + 1])), int(round(edges[r]))) + 1))
+    base = int(rng.integers(int(round(edges[r])),
+                            max(int(round(edges[r + 1])), int(round(edges[r]))) + 1))
     vel = int(np.clip(LOUDNESS[loud] + rng.integers(-5, 6), 1, 127))
     jitter = tuple(float(x) for x in rng.uniform(-0.01, 0.01, size=16))
     return Phrase(inst, register, contour, loud, tempo, art, base, vel, jitter)
@@ -171,7 +172,8 @@ def captions(p: Phrase) -> tuple[str, ...]:
             "arpeggio": "outline a broken chord", "repeated": "repeat a single pitch"}[p.contour]
     art = {"staccato": "short detached", "legato": "smooth connected"}[p.articulation]
     tempo_adv = {"slow": "slowly", "fast": "quickly"}[p.tempo]
-    fam_txt = f"{fam} instrument" if fam not in ("synth lead", "synth pad", "synth effects") else fam
+    fam_txt = (f"{fam} instrument" if fam not in ("synth lead", "synth pad", "synth effects")
+               else fam)
     return (
         f"{_article(inst)} {inst} playing {_article(p.register)} {p.register} {shape} {adv}, "
         f"{p.tempo} and {p.articulation}",

@@ -8,7 +8,8 @@ each stamp to an ESC-50-style class (ESC-50's own category names where one fits)
 
 Output (``$MLTM_DATA/tuxpaint-zs``)::
 
-    esc50/meta/esc50.csv     ESC-50's exact header: filename,fold,target,category,esc10,src_file,take
+    esc50/meta/esc50.csv     ESC-50's exact header:
+                             filename,fold,target,category,esc10,src_file,take
     esc50/audio/*.wav        44.1 kHz mono 16-bit, 5 s (zero-padded / cut), like ESC-50
     test.jsonl               written by mltm.data.converters.prepare_esc50 (the same code
                              that converts the real ESC-50), prompt "This is a sound of {class}"

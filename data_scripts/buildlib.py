@@ -171,7 +171,8 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def license_markdown(title: str, intro: str, packages: list[dict], copyrights: dict[str, str]) -> str:
+def license_markdown(title: str, intro: str, packages: list[dict],
+                     copyrights: dict[str, str]) -> str:
     """LICENSE.md text: a summary table and each package's debian/copyright verbatim."""
     lines = [f"# {title}: attribution and licences", "", intro.strip(), "",
              "| source package | version | licence(s) of the audio used | upstream |",

@@ -74,7 +74,8 @@ def training_files(arg: Path) -> list[tuple[str, Path]]:
     """(name, audio path) of a manifest directory's clips, or of a raw audio directory's files."""
     from mltm.data.manifest import read_manifest
 
-    manifests = [arg / f"{s}.jsonl" for s in ("train", "val", "test") if (arg / f"{s}.jsonl").is_file()]
+    manifests = [arg / f"{s}.jsonl" for s in ("train", "val", "test")
+                 if (arg / f"{s}.jsonl").is_file()]
     if manifests:
         return [(r.clip_id, m.parent / r.audio_path) for m in manifests for r in read_manifest(m)]
     if not arg.is_dir():
@@ -96,7 +97,8 @@ def overlaps(zs_dir: Path, train_args: list[Path], *, probe_seconds: float = 1.0
                 continue
     out = []
     for rec in read_manifest(Path(zs_dir) / "test.jsonl"):
-        probe = loudest_window(load_mono(Path(zs_dir) / rec.audio_path), int(probe_seconds * CHECK_SR))
+        probe = loudest_window(load_mono(Path(zs_dir) / rec.audio_path),
+                               int(probe_seconds * CHECK_SR))
         best = max(((max_ncc(probe, y), name) for name, y in train), default=(0.0, None))
         out.append((round(best[0], 3), rec.clip_id, best[1]))
     return sorted(out, key=lambda t: (-t[0], t[1]))

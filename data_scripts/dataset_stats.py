@@ -93,7 +93,8 @@ def dataset_stats(d: Path) -> dict:
         download_bytes=sum(p.get("deb_bytes", 0) for p in info.get("packages", [])),
         disk_bytes=bl.dir_bytes(d),
         clips=len(all_recs), classes=len(per_class), captions=len(caps),
-        unique_captions=len(set(caps)), vocabulary=len({w for c in caps for w in c.lower().split()}),
+        unique_captions=len(set(caps)),
+        vocabulary=len({w for c in caps for w in c.lower().split()}),
         caption_words=dict(mean=round(statistics.fmean(words), 2) if words else 0,
                            min=min(words, default=0), max=max(words, default=0)),
         duration_s=dict(total_minutes=round(sum(durs) / 60, 2),
@@ -128,7 +129,8 @@ def load_class_mapping(path: Path = CLASS_MAPPING) -> dict[str, tuple[str, ...]]
                              f"got {line!r}")
         cls = cols[0].strip()
         if cls in out:
-            raise ValueError(f"{path}:{n}: class {cls!r} listed twice; put all its labels on one row")
+            raise ValueError(f"{path}:{n}: class {cls!r} listed twice; "
+                             "put all its labels on one row")
         out[cls] = tuple(cols[1].split())
     return out
 
@@ -224,8 +226,10 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     bl.write_json_atomic(out, result)
     for name, s in result["datasets"].items():
-        print(f"{name:16s} clips={s['clips']:6d} classes={s['classes']:4d} captions={s['captions']:6d} "
-              f"minutes={s['duration_s']['total_minutes']:8.1f} disk={s['disk_bytes'] / 1e6:8.1f} MB "
+        print(f"{name:16s} clips={s['clips']:6d} classes={s['classes']:4d} "
+              f"captions={s['captions']:6d} "
+              f"minutes={s['duration_s']['total_minutes']:8.1f} "
+              f"disk={s['disk_bytes'] / 1e6:8.1f} MB "
               f"build={s['build']['seconds']} s")
     for name, c in result["zero_shot_coverage"].items():
         print(f"{name:16s} classes covered by {c['training_set']}: "

@@ -74,7 +74,8 @@ def _run(cmd: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedPro
 def _deb_field(deb: Path, field: str) -> str:
     r = _run(["dpkg-deb", "-f", str(deb), field])
     if r.returncode != 0:
-        raise DebianError(f"{deb} is not a readable .deb ({r.stderr.strip()}); delete it and re-run")
+        raise DebianError(f"{deb} is not a readable .deb ({r.stderr.strip()}); "
+                          "delete it and re-run")
     return r.stdout.strip()
 
 
@@ -111,7 +112,8 @@ def fetch_deb(name: str, *, quiet: bool = False) -> Package:
                       "running apt-get update", file=sys.stderr, flush=True)
             u = _run(["apt-get", "update"])
             if u.returncode != 0:
-                raise DebianError(f"apt-get update failed (run as root?): {u.stderr.strip()[-500:]}")
+                raise DebianError("apt-get update failed (run as root?): "
+                                  f"{u.stderr.strip()[-500:]}")
             r = _run(["apt-get", "download", name], cwd=debs)
             if r.returncode != 0:
                 raise DebianError(f"apt-get download {name} failed after apt-get update: "
@@ -122,7 +124,8 @@ def fetch_deb(name: str, *, quiet: bool = False) -> Package:
             p.unlink()
         cached = _cached_debs(name, debs)
         if not cached:
-            raise DebianError(f"apt-get download {name} reported success but no {name}_*.deb in {debs}")
+            raise DebianError(f"apt-get download {name} reported success "
+                              f"but no {name}_*.deb in {debs}")
     if len(cached) > 1:
         # Several versions cached: take the one dpkg considers newest.
         best = cached[0]
@@ -163,9 +166,11 @@ def unpack(pkg: Package, patterns: Iterable[str], tag: str) -> Path:
                             stdin=p1.stdout, capture_output=True, text=True)
         p1.stdout.close()
         rc1 = p1.wait()
-        # tar exits 2 if some pattern matched nothing; that is only an error if nothing was unpacked.
+        # tar exits 2 if some pattern matched nothing; that is only an error if nothing was
+        # unpacked.
         if rc1 != 0 or (p2.returncode not in (0, 2)):
-            raise DebianError(f"unpacking {pkg.deb.name} failed (dpkg-deb rc={rc1}, tar rc={p2.returncode}):"
+            raise DebianError(f"unpacking {pkg.deb.name} failed "
+                              f"(dpkg-deb rc={rc1}, tar rc={p2.returncode}):"
                               f" {p2.stderr.strip()[-500:]}; delete the .deb and re-run")
         if not any(p.is_file() for p in tmp.rglob("*")):
             raise DebianError(f"no member of {pkg.deb.name} matched {list(patterns)}")
@@ -176,7 +181,10 @@ def unpack(pkg: Package, patterns: Iterable[str], tag: str) -> Path:
 
 
 def unzip_members(zip_path: Path, dest: Path, keep, *, desc: str = "unzip") -> int:
-    """Extract the members of *zip_path* for which ``keep(name)`` is true into *dest*; returns count."""
+    """Extract the members of *zip_path* for which ``keep(name)`` is true into *dest*.
+
+    Returns the number of members extracted.
+    """
     from tqdm import tqdm
 
     n = 0
@@ -195,7 +203,8 @@ def unzip_members(zip_path: Path, dest: Path, keep, *, desc: str = "unzip") -> i
 
 def copyright_text(tree: Path, name: str) -> str:
     p = tree / "usr" / "share" / "doc" / name / "copyright"
-    return p.read_text(errors="replace") if p.exists() else f"(no debian/copyright found for {name})\n"
+    return (p.read_text(errors="replace") if p.exists()
+            else f"(no debian/copyright found for {name})\n")
 
 
 def unpack_zip_inside(pkg: Package, zip_pattern: str, keep, tag: str) -> Path:
@@ -224,7 +233,8 @@ def unpack_zip_inside(pkg: Package, zip_pattern: str, keep, tag: str) -> Path:
         for z in zips:
             n += unzip_members(z, tmp, keep, desc=f"{pkg.name}:{z.name}")
         if n == 0:
-            raise DebianError(f"{pkg.deb.name}: the selection kept no member of {[z.name for z in zips]}")
+            raise DebianError(f"{pkg.deb.name}: the selection kept no member of "
+                              f"{[z.name for z in zips]}")
         doc = tmp / "usr" / "share" / "doc" / pkg.name
         doc.mkdir(parents=True, exist_ok=True)
         src_copy = raw / "usr" / "share" / "doc" / pkg.name / "copyright"

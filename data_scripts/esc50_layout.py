@@ -169,7 +169,8 @@ def transcode_clips(clips: list[SourceClip], audio_dir: Path, *, fold: int = FOL
 
 
 def write_esc50_set(tmp: Path, clips: list[SourceClip], *, fold: int = FOLD,
-                    template: str = TEMPLATE, desc: str = "transcode") -> tuple[list[dict], Counter]:
+                    template: str = TEMPLATE,
+                    desc: str = "transcode") -> tuple[list[dict], Counter]:
     """Write ``tmp/esc50/{audio,meta}`` and ``tmp/test.jsonl`` from *clips*.
 
     ``LICENSE.md`` and ``BUILD_INFO.json`` are the caller's (they name its packages). Returns

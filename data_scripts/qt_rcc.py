@@ -119,4 +119,5 @@ def write_rcc(files: dict[str, bytes], *, compress: bool = True) -> bytes:
     t_off = header
     d_off = t_off + len(tree_bytes)
     n_off = d_off + len(data)
-    return b"qres" + struct.pack(">IIII", 2, t_off, d_off, n_off) + bytes(tree_bytes) + bytes(data) + bytes(names)
+    return (b"qres" + struct.pack(">IIII", 2, t_off, d_off, n_off)
+            + bytes(tree_bytes) + bytes(data) + bytes(names))

@@ -12,7 +12,8 @@ __all__ = ["atomic_write"]
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "w",
+                 encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success flush, fsync and rename it onto ``path``.
 
     On any exception the temporary file is removed and ``path`` is left untouched. The parent

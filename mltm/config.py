@@ -251,6 +251,7 @@ class TrainConfig:
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as nested plain dicts (what :func:`config_from_dict` reads back)."""
         return asdict(self)
 
 
@@ -261,7 +262,8 @@ def _build(cls, data: dict[str, Any], where: str):
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(
-            f"unknown config key(s) {', '.join((where + '.' if where else '') + k for k in unknown)}"
+            "unknown config key(s) "
+            f"{', '.join((where + '.' if where else '') + k for k in unknown)}"
             f"; valid keys of {where or 'the top level'}: {', '.join(sorted(known))}"
         )
     kwargs = {}

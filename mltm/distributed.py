@@ -409,6 +409,7 @@ class ShardedBatchSampler:
             raise ValueError(f"rank {self.rank} outside [0, {self.world_size})")
 
     def set_epoch(self, epoch: int) -> None:
+        """Forward ``epoch`` to the wrapped sampler (the same on every rank)."""
         self.sampler.set_epoch(epoch)
 
     def batches(self, epoch: int) -> list[list[int]]:

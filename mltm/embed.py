@@ -99,7 +99,10 @@ def cached(kind: str, key: dict[str, Any], compute, directory: str | os.PathLike
 
 
 def encoder_in(encoder: nn.Module, dtype: torch.dtype, device) -> nn.Module:
-    """The encoder in eval mode on ``device`` with ``dtype`` parameters (a copy if it must change)."""
+    """The encoder in eval mode on ``device`` with ``dtype`` parameters.
+
+    A copy if it must change.
+    """
     params = list(encoder.parameters()) + [b for b in encoder.buffers() if b.is_floating_point()]
     if all(p.dtype == dtype for p in params):
         return encoder.eval().to(device)

@@ -100,7 +100,8 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zerosho
         out["prompts_template"] = template
         with torch.no_grad():
             out["metrics"] = {r: zero_shot_classification(audio, class_emb, labels,
-                                                          cost=loss.ranking_cost, rank_by=r, eps=eps)
+                                                          cost=loss.ranking_cost, rank_by=r,
+                                                          eps=eps)
                               for r in rank_by}
         out["modality_gap"] = modality_gap(audio, class_emb)
         if tsne:
@@ -124,12 +125,15 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zerosho
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line of ``python -m mltm.eval``; returns the exit status (2 on a known error)."""
     p = argparse.ArgumentParser(prog="python -m mltm.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--manifest", required=True, help="a split manifest, e.g. data/debsfx-ci/test.jsonl")
+    p.add_argument("--manifest", required=True,
+                   help="a split manifest, e.g. data/debsfx-ci/test.jsonl")
     p.add_argument("--zeroshot", action="store_true", help="zero-shot classification by label")
     p.add_argument("--rank-by", choices=["distance", "plan", "both"], default="both")
-    p.add_argument("--eps", type=float, default=None, help="ε of the plan ranking (default: config)")
+    p.add_argument("--eps", type=float, default=None,
+                   help="ε of the plan ranking (default: config)")
     p.add_argument("--relevance", choices=["clip", "label"], default="clip")
     p.add_argument("--template", default="This is a sound of {}.")
     p.add_argument("--tsne", action="store_true", help="add t-SNE coordinates")

@@ -169,13 +169,16 @@ class MLTMLoss(MatchingLoss):
         self.sinkhorn_kwargs = dict(sinkhorn_kwargs or {})
 
     def ranking_cost(self, x, y):
+        """The learned ground cost ``cost(x, y)``: galleries are ranked by the trained metric."""
         return self.cost(x, y)
 
     def project_(self) -> int:
+        """Project M back onto the PSD cone (eq. 11); returns #clamped values (0 if no M)."""
         return self.cost.project_() if isinstance(self.cost, MahalanobisCost) else 0
 
     @property
     def projections_computed(self) -> int:
+        """How many projected steps ran a full eigendecomposition so far (0 if no M)."""
         return self.cost.projections_computed if isinstance(self.cost, MahalanobisCost) else 0
 
     def plan(self, C: torch.Tensor) -> torch.Tensor:
@@ -184,6 +187,7 @@ class MLTMLoss(MatchingLoss):
                         **self.sinkhorn_kwargs)
 
     def forward(self, audio, text, clip_ids=None):
+        """KL(π̂ ‖ π_ε) between the empirical matching and the plan of the batch cost."""
         b = _check_pair(audio, text)
         C = self.cost(audio, text)
         pi = self.plan(C)
@@ -215,6 +219,7 @@ class PartialMLTMLoss(MLTMLoss):
         self.mass = float(mass)
 
     def plan(self, C):
+        """Partial transport plan of a batch cost matrix (total mass ``self.mass``)."""
         return partial_sinkhorn(C, self.eps, self.mass, cost_normalization=self.cost_normalization,
                                 **self.sinkhorn_kwargs)
 
@@ -240,6 +245,7 @@ class NTXentLoss(MatchingLoss):
         self.tau = float(tau)
 
     def logits(self, audio, text, clip_ids=None) -> torch.Tensor:
+        """``S = cos(audio, text) / τ`` with same-clip off-diagonal pairs set to -inf."""
         b = audio.shape[0]
         S = (1.0 - cosine_distance(audio, text)) / self.tau
         other_positive = same_clip_mask(b, clip_ids, S.device) & ~torch.eye(
@@ -247,6 +253,7 @@ class NTXentLoss(MatchingLoss):
         return S.masked_fill(other_positive, float("-inf"))
 
     def forward(self, audio, text, clip_ids=None):
+        """Mean of the audio→text and text→audio cross-entropies of :meth:`logits`."""
         b = _check_pair(audio, text)
         S = self.logits(audio, text, clip_ids)
         target = torch.arange(b, device=S.device)
@@ -271,6 +278,7 @@ class TripletLoss(MatchingLoss):
         self.margin = float(margin)
 
     def forward(self, audio, text, clip_ids=None):
+        """Sum of the two hardest-negative hinges, divided by the batch size b."""
         b = _check_pair(audio, text)
         S = 1.0 - cosine_distance(audio, text)
         pos = S.diagonal()
@@ -307,6 +315,7 @@ class ContrastiveEntropicLoss(NTXentLoss):
         self.eps = float(eps)
 
     def forward(self, audio, text, clip_ids=None):
+        """``L_CL + ε · L_ent(R)``: the NT-Xent loss plus ε times the ranking's negative entropy."""
         b = _check_pair(audio, text)
         S = self.logits(audio, text, clip_ids)
         target = torch.arange(b, device=S.device)

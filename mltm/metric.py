@@ -335,9 +335,11 @@ class MahalanobisCost(nn.Module):
         return (xx + yy - 2.0 * xy).clamp_min(0.0)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The cost matrix: :meth:`squared_distance`, or its square root unless ``squared``."""
         d2 = self.squared_distance(x, y)
         return d2 if self.squared else safe_sqrt(d2)
 
     def extra_repr(self) -> str:
+        """The settings shown by ``repr(module)``: dim, kind, rank, init and squared."""
         r = f", rank={self.rank}" if self.kind == "lowrank" else ""
         return f"dim={self.dim}, kind={self.kind!r}{r}, init={self.init!r}, squared={self.squared}"

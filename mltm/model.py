@@ -115,7 +115,8 @@ class AudioTextModel(nn.Module):
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         """The heads' parameters only (what the fast path trains)."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(("audio_head.", "text_head."))}
+        return {k: v for k, v in self.state_dict().items()
+                if k.startswith(("audio_head.", "text_head."))}
 
 
 def build_encoders(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:

@@ -63,7 +63,8 @@ def round_significant(x: torch.Tensor, bits: int) -> torch.Tensor:
         raise TypeError(f"round_significant needs a floating-point tensor, got {x.dtype}")
     mantissa = _MANTISSA_BITS.get(x.dtype)
     if mantissa is None:
-        raise TypeError(f"round_significant supports float16/bfloat16/float32/float64, got {x.dtype}")
+        raise TypeError("round_significant supports float16/bfloat16/float32/float64, "
+                        f"got {x.dtype}")
     if not 1 <= bits <= mantissa:
         raise ValueError(f"bits must be in 1..{mantissa} for {x.dtype}, got {bits}")
     if bits == mantissa:

@@ -52,6 +52,7 @@ class Records:
     path: Path | None = None
 
     def add(self, key: Iterable, results: dict, history: list | None = None) -> None:
+        """Record one run's results (and per-epoch history) under ``key``; a key is added once."""
         key = _key(key)
         if key in self.runs:
             raise KeyError(f"run {key!r} is already recorded; each run is recorded once")
@@ -73,6 +74,7 @@ class Records:
                 + (f", {p['wall_time_s'] / 60:.0f} min" if p.get("wall_time_s") else ""))
 
     def to_json(self) -> dict:
+        """The records as a JSON-ready dict (format, provenance, runs, extra)."""
         return {"format": RECORD_FORMAT, "provenance": self.provenance,
                 "runs": [{"key": list(k), "results": r, "history": self.histories.get(k)}
                          for k, r in self.runs.items()],
@@ -89,6 +91,7 @@ class Records:
 
     @classmethod
     def load(cls, path: str | Path) -> "Records":
+        """Read a ``records.json`` written by :meth:`save`; a file of another format raises."""
         path = Path(path)
         try:
             raw = json.loads(path.read_text())

@@ -95,7 +95,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+        raise ValueError(f"device {name!r} requested but CUDA is not available; "
+                         "use 'auto' or 'cpu'")
     return device
 
 
@@ -280,7 +281,7 @@ def encode_split(root: Path, split: str, audio_encoder: nn.Module, text_encoder:
     ``text_outputs``: ``pooled`` or ``tokens`` (:func:`mltm.embed.encode_text_tokens`).
     """
     from mltm.data import AudioCaptionDataset
-    from mltm.embed import encode_clip_frames, encode_clips, encode_texts
+    from mltm.embed import encode_clip_frames, encode_clips
 
     if audio_outputs not in ("pooled", "frames") or text_outputs not in ("pooled", "tokens"):
         raise ValueError(f"audio_outputs {audio_outputs!r} / text_outputs {text_outputs!r}: use "
@@ -353,7 +354,8 @@ def evaluate_embeddings(audio, text, caption_clip, loss: MatchingLoss, *, rank_b
     with torch.no_grad():
         m = retrieval_metrics(audio, text, caption_clip.to(audio.device),
                               cost=loss.ranking_cost, rank_by=rank_by, eps=eps,
-                              clip_group=None if clip_group is None else clip_group.to(audio.device))
+                              clip_group=(None if clip_group is None
+                                          else clip_group.to(audio.device)))
     m["modality_gap"] = modality_gap(audio, text)
     return m
 
@@ -495,10 +497,11 @@ def load_checkpoint(path: str | Path, *, device="cpu", with_encoders: bool = Tru
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     allowed = _frozen_prefixes(model, cfg) if with_encoders else ()
     bad_missing = [k for k in missing if not k.startswith(allowed)]
-    bad_unexpected = [k for k in unexpected if not k.startswith(("audio_encoder.", "text_encoder."))]
+    bad_unexpected = [k for k in unexpected
+                      if not k.startswith(("audio_encoder.", "text_encoder."))]
     if bad_missing or bad_unexpected:
-        raise ValueError(f"{path}: checkpoint does not match its config (missing {bad_missing[:5]}, "
-                         f"unexpected {bad_unexpected[:5]})")
+        raise ValueError(f"{path}: checkpoint does not match its config "
+                         f"(missing {bad_missing[:5]}, unexpected {bad_unexpected[:5]})")
     loss = build_loss_from_config(cfg, dtype=dtype)
     loss.load_state_dict(ckpt["loss"])
     return cfg, model.to(device), loss.to(device), ckpt
@@ -541,7 +544,9 @@ class Trainer:
         self.outputs = sequence_outputs(config)
         self._evalsets = dict(evalsets or {})
         if config.optim.batch_size < 2:
-            raise ValueError("optim.batch_size must be at least 2 (a matching loss needs negatives)")
+            raise ValueError(
+                "optim.batch_size must be at least 2 (a matching loss needs negatives)"
+            )
         if config.eval.select_by not in ("r_sum", "loss"):
             raise ValueError(f"eval.select_by {config.eval.select_by!r}: use 'r_sum' or 'loss'")
         if config.eval.relevance not in ("clip", "label"):
@@ -594,7 +599,8 @@ class Trainer:
         loss.to(self.device)
         o = cfg.optim
         groups = [{"params": [p for n, p in model.named_parameters()
-                              if p.requires_grad and not n.startswith(("audio_encoder.", "text_encoder."))],
+                              if p.requires_grad
+                              and not n.startswith(("audio_encoder.", "text_encoder."))],
                    "lr": o.lr, "name": "heads"}]
         enc = [p for n, p in model.named_parameters()
                if p.requires_grad and n.startswith(("audio_encoder.", "text_encoder."))]
@@ -694,7 +700,8 @@ class Trainer:
             ckpt = read_checkpoint(last)
             if _resume_key(ckpt["config"]) != _resume_key(cfg.to_dict()):
                 raise ValueError(f"--resume: {last} was written by a different config; "
-                                 "use the same config (only optim.epochs may grow) or a new out_dir")
+                                 "use the same config (only optim.epochs may grow) "
+                                 "or a new out_dir")
             if ckpt["epoch"] + 1 > cfg.optim.epochs:
                 raise ValueError(f"--resume: {last} already holds epoch {ckpt['epoch'] + 1} of "
                                  f"{cfg.optim.epochs}; raise optim.epochs to train further")
@@ -775,7 +782,8 @@ class Trainer:
             if cost is not None and cost.kind != "euclidean":
                 row["metric_min_eigenvalue"] = cost.min_eigenvalue_of_matrix()
             vm = self._validate(model, loss, val)
-            row.update({f"val_{d}_{k}": vm[d][k] for d in ("a2t", "t2a") for k in ("R@1", "R@5", "R@10")})
+            row.update({f"val_{d}_{k}": vm[d][k]
+                        for d in ("a2t", "t2a") for k in ("R@1", "R@5", "R@10")})
             row["val_r_sum"] = r_sum(vm)
             row["val_modality_gap"] = vm["modality_gap"]
             row["seconds"] = time.perf_counter() - t0
@@ -800,7 +808,8 @@ class Trainer:
         if not self.fast:
             audio_enc, text_enc = model.audio_encoder, model.text_encoder
             es = encode_split(self.root, self.cfg.data.val_split, audio_enc, text_enc,
-                              max_seconds=self.cfg.data.max_seconds, device=self.device, cache=False)
+                              max_seconds=self.cfg.data.max_seconds, device=self.device,
+                              cache=False)
         a, t = project_evalset(model, es, self.device)
         group = es.label_groups() if self.cfg.eval.relevance == "label" else None
         return evaluate_embeddings(a, t, es.caption_clip, loss, rank_by="distance",

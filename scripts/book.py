@@ -39,19 +39,22 @@ BUILD = ROOT / "_build"
 def chapter_sources(names: list[str] | None = None) -> list[Path]:
     """The chapters listed in _toc.yml order (all of them when ``names`` is empty)."""
     toc = (ROOT / "_toc.yml").read_text()
-    listed = [line.split("file:")[1].strip() for line in toc.splitlines() if "file: book/chapters/" in line]
+    listed = [line.split("file:")[1].strip() for line in toc.splitlines()
+              if "file: book/chapters/" in line]
     paths = [ROOT / f"{entry}.md" for entry in listed]
     if names:
         wanted = {Path(n).stem for n in names}
         unknown = wanted - {p.stem for p in paths}
         if unknown:
-            raise SystemExit(f"unknown chapter(s) {sorted(unknown)}; known: {[p.stem for p in paths]}")
+            raise SystemExit(f"unknown chapter(s) {sorted(unknown)}; "
+                             f"known: {[p.stem for p in paths]}")
         paths = [p for p in paths if p.stem in wanted]
     return paths
 
 
 def _code_cells(nb) -> list[tuple[str, str]]:
-    return [(c.cell_type, c.source.strip()) for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    return [(c.cell_type, c.source.strip()) for c in nb.cells
+            if "injected-parameters" not in c.metadata.get("tags", [])]
 
 
 def execute(chapter: Path, out: Path, config: str, timeout: int) -> Path:
@@ -98,9 +101,11 @@ def check_goldens() -> list[str]:
             continue
         gnb = nbformat.read(golden, as_version=4)
         if _code_cells(gnb) != _code_cells(jupytext.read(chapter)):
-            problems.append(f"{golden.relative_to(ROOT)} is out of sync with {chapter.relative_to(ROOT)}")
+            problems.append(f"{golden.relative_to(ROOT)} is out of sync with "
+                            f"{chapter.relative_to(ROOT)}")
         if gnb.metadata.get("papermill", {}).get("parameters"):
-            problems.append(f"{golden.relative_to(ROOT)} was executed with parameters; goldens use the CI defaults")
+            problems.append(f"{golden.relative_to(ROOT)} was executed with parameters; "
+                            "goldens use the CI defaults")
     for golden in GOLDEN.glob("*.ipynb"):
         if not (CHAPTERS / f"{golden.stem}.md").exists():
             problems.append(f"{golden.relative_to(ROOT)} has no source chapter")
@@ -122,15 +127,16 @@ def build(executed: Path) -> None:
         (stage / "book" / "chapters" / f"{chapter.stem}.md").unlink()
         shutil.copy2(nb_path, stage / "book" / "chapters" / nb_path.name)
     cmd = [
-        str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage), "--path-output", str(ROOT),
-        "-W", "-n", "--keep-going", "--all",
+        str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage),
+        "--path-output", str(ROOT), "-W", "-n", "--keep-going", "--all",
     ]
     subprocess.run(cmd, check=True)
     print(f"book: {BUILD / 'html' / 'index.html'}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_exec = sub.add_parser("execute", help="execute chapters with papermill")
     p_exec.add_argument("chapters", nargs="*")

@@ -120,7 +120,8 @@ def main(argv=None) -> int:
                     rec.provenance.get("wall_time_s", 0) + time.perf_counter() - t0, 1)
                 rec.save(path)
                 p = res["test"]["plan"]
-                print(f"{loss_name:<8} {head_name:<24} seed {seed}: best epoch {res['best_epoch']}, "
+                print(f"{loss_name:<8} {head_name:<24} seed {seed}: "
+                      f"best epoch {res['best_epoch']}, "
                       f"plan a2t R@1 {p['a2t']['R@1']:.2f} t2a R@1 {p['t2a']['R@1']:.2f}, "
                       f"{time.perf_counter() - t0:.0f} s", flush=True)
     print(f"done in {time.perf_counter() - t_all:.0f} s; {path.relative_to(REPO)}")

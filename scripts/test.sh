@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Everything CI checks: environment, CI-size datasets, goldens in sync with the chapters, the
-# book built with warnings as errors, then the unit tests and the nbval regression check in one
-# pytest run.
+# Everything CI checks: environment, lint (ruff: pyflakes, lines of at most 100 characters,
+# docstrings on the library's public API; configured in pyproject.toml), CI-size datasets,
+# goldens in sync with the chapters, the book built with warnings as errors, then the unit tests
+# and the nbval regression check in one pytest run.
 #
 # Each chapter is executed once: the goldens (book/golden/*.ipynb) are the chapters executed by
 # papermill with the CI config, `check-goldens` proves they match the current sources, nbval
@@ -11,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 bash scripts/setup.sh
+.venv/bin/ruff check mltm scripts data_scripts benchmarks tests   # fails fast, before the data
 bash data_scripts/build_all.sh ci
 export MLTM_REQUIRE_DATA=1   # tests that use the built datasets fail, not skip, if they are missing
 .venv/bin/python scripts/book.py check-goldens

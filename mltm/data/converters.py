@@ -126,7 +126,8 @@ def _read_csv(path: Path, expected: Sequence[str], dataset: str) -> list[dict[st
     return rows
 
 
-def _usable_duration(path: Path | None, skipped: list[tuple[str, str]], expected: Path | None = None) -> float | None:
+def _usable_duration(path: Path | None, skipped: list[tuple[str, str]],
+                     expected: Path | None = None) -> float | None:
     """Duration of a usable audio file; otherwise record ``(reason, path)`` and return None."""
     if path is None or not path.is_file():
         skipped.append(("missing", str(expected if path is None else path)))
@@ -244,7 +245,8 @@ def prepare_audiocaps(
                 path = next((ix[name] for ix in index if name in ix), None)
                 if path is not None:
                     break
-            duration = _usable_duration(path, skipped, expected=src / "audio" / split / f"{yid}.wav")
+            duration = _usable_duration(path, skipped,
+                                        expected=src / "audio" / split / f"{yid}.wav")
             if duration is None:
                 continue
             records.append(ClipRecord(

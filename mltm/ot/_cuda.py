@@ -37,7 +37,8 @@ if HAS_TRITON:
 
     @triton.jit
     def _lse_update_kernel(
-        X, W, LOGM, STATE, ERR, n_rows, stride_xb, stride_xr, n_cols: tl.constexpr, BLOCK: tl.constexpr
+        X, W, LOGM, STATE, ERR, n_rows, stride_xb, stride_xr, n_cols: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):
         # One program per (row, problem): state[r] <- logm[r] - LSE_c(X[r, c] + W[c]).
         row = tl.program_id(0)
@@ -50,7 +51,8 @@ if HAS_TRITON:
         for start in range(0, n_cols, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             mask = offs < n_cols
-            z = tl.load(x_ptr + offs, mask=mask, other=neg_inf) + tl.load(w_ptr + offs, mask=mask, other=0.0)
+            z = (tl.load(x_ptr + offs, mask=mask, other=neg_inf)
+                 + tl.load(w_ptr + offs, mask=mask, other=0.0))
             new = tl.maximum(m_vec, z)
             # Lanes that have seen nothing yet (all -inf) keep a zero sum instead of NaN.
             ref = tl.where(new == neg_inf, 0.0, new)
@@ -66,7 +68,8 @@ if HAS_TRITON:
         tl.store(STATE + idx, logm - lse)
 
 
-def lse_update(X: torch.Tensor, w: torch.Tensor, log_m: torch.Tensor, state: torch.Tensor, err: torch.Tensor) -> None:
+def lse_update(X: torch.Tensor, w: torch.Tensor, log_m: torch.Tensor, state: torch.Tensor,
+               err: torch.Tensor) -> None:
     """One Sinkhorn half-step in place: ``state <- log_m - LSE_c(X[:, r, c] + w[:, c])``.
 
     Also writes ``err[:, r] = (exp(LSE + state_old) - exp(log_m))^2``, the squared residual of
@@ -98,7 +101,8 @@ def _interpreting() -> bool:
 class _Runner:
     """Static buffers for one problem shape, and a CUDA graph of ``steps`` iterations."""
 
-    def __init__(self, B: int, n: int, m: int, dtype: torch.dtype, device: torch.device, steps: int, graph: bool):
+    def __init__(self, B: int, n: int, m: int, dtype: torch.dtype, device: torch.device,
+                 steps: int, graph: bool):
         new = lambda *shape: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
         self.logK, self.logKT = new(B, n, m), new(B, m, n)
         self.log_a, self.log_b = new(B, n), new(B, m)
@@ -194,6 +198,7 @@ def iterate(logK, log_a, log_b, tol, max_iter, check_every, graph: bool | None =
         if tol is not None and (not history or history[-1][0] != it):
             # Exact error of the final plan (one extra pass, only when not converged).
             s = torch.logsumexp(runner.logKT + runner.u.unsqueeze(-2), dim=-1)
-            err = torch.linalg.vector_norm(torch.exp(s + runner.v) - torch.exp(runner.log_b), dim=-1)
+            err = torch.linalg.vector_norm(torch.exp(s + runner.v) - torch.exp(runner.log_b),
+                                           dim=-1)
             history.append((it, err))
     return runner.u.clone(), runner.v.clone(), it, err, history

@@ -95,7 +95,9 @@ def _prepare_marginal(
         )
     if check_values:
         if not _all_finite(x):
-            raise ValueError(f"{name} contains non-finite values (NaN or inf); pass finite weights.")
+            raise ValueError(
+                f"{name} contains non-finite values (NaN or inf); pass finite weights."
+            )
         if bool((x < 0).any()):
             raise ValueError(
                 f"{name} has negative entries (min {x.min().item():.3g}); marginals must be "
@@ -108,7 +110,8 @@ def _prepare_marginal(
             )
         if sum_to_one:
             sums = x.sum(-1)
-            if not bool(torch.allclose(sums, torch.ones_like(sums), rtol=0, atol=_SUM_RTOL[C.dtype])):
+            if not bool(torch.allclose(sums, torch.ones_like(sums), rtol=0,
+                                       atol=_SUM_RTOL[C.dtype])):
                 worst = sums[(sums - 1).abs().argmax()].item()
                 raise ValueError(
                     f"{name} must sum to 1 (got {worst:.6g}); normalise it with "
@@ -135,7 +138,9 @@ def prepare_problem(
             to 1, and an unknown ``cost_normalization``.
     """
     if not isinstance(C, torch.Tensor):
-        raise ValueError(f"C must be a torch.Tensor; got {type(C).__name__}. Use torch.as_tensor(C).")
+        raise ValueError(
+            f"C must be a torch.Tensor; got {type(C).__name__}. Use torch.as_tensor(C)."
+        )
     if C.ndim not in (2, 3):
         raise ValueError(
             f"C must have shape (n, m) or (B, n, m); got shape {_fmt_shape(C)}."

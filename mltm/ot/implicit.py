@@ -46,7 +46,8 @@ def _solve_schur(S: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     bad = (info != 0) | ~torch.isfinite(y).all(-1)
     if bool(bad.any()):
         S64, r64 = S[bad].double(), rhs[bad].double()
-        y_pinv = (torch.linalg.pinv(S64, hermitian=True, rtol=1e-10) @ r64.unsqueeze(-1)).squeeze(-1)
+        y_pinv = (torch.linalg.pinv(S64, hermitian=True, rtol=1e-10)
+                  @ r64.unsqueeze(-1)).squeeze(-1)
         y = y.clone()
         y[bad] = y_pinv.to(y.dtype)
     return y

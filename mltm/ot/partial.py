@@ -143,7 +143,8 @@ def partial_sinkhorn_log(
     prob = prepare_problem(
         C, eps, a, b, cost_normalization=cost_normalization, marginals_sum_to_one=False
     )
-    mass_t = _prepare_mass(mass, prob.log_a, prob.log_b, prob.C.dtype, prob.C.device, prob.host_checks)
+    mass_t = _prepare_mass(mass, prob.log_a, prob.log_b, prob.C.dtype, prob.C.device,
+                           prob.host_checks)
     log_plan, n_iter, err = _iterate_partial(
         prob.C / -eps, prob.log_a, prob.log_b, mass_t.log(), tol, max_iter, check_every
     )

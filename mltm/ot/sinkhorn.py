@@ -25,9 +25,10 @@ from the log-sum-exp that the next ``v`` update needs anyway.
 
 Where no autograd graph is recorded (the forward of the implicit gradient, inference) the
 same iterates are computed faster: on a CPU by the stabilised absorbed iteration, or (opt-in,
-``backend="kernel"``) by Algorithm 2 itself on ``K = exp(-(C - min C)/eps)`` when its range is safe (:func:`_iterate_kernel`, matrix-vector products, checks every
-``check_every`` iterations, absorption and rollback to the stabilised path), else by the
-stabilised absorbed iteration (:func:`_iterate_absorbed`); on a GPU by fused kernels.
+``backend="kernel"``) by Algorithm 2 itself on ``K = exp(-(C - min C)/eps)`` when its range is
+safe (:func:`_iterate_kernel`, matrix-vector products, checks every ``check_every``
+iterations, absorption and rollback to the stabilised path), else by the stabilised absorbed
+iteration (:func:`_iterate_absorbed`); on a GPU by fused kernels.
 """
 
 from __future__ import annotations
@@ -336,7 +337,8 @@ def _iterate_kernel(logK, log_a, log_b, tol, max_iter, check_every, logK_max=Non
 def _use_cuda_graph(logK: torch.Tensor, backend: Backend) -> bool:
     if backend == "cuda_graph":
         if not logK.is_cuda:
-            raise ValueError("backend='cuda_graph' needs C on a CUDA device; use backend='auto' or 'torch'.")
+            raise ValueError("backend='cuda_graph' needs C on a CUDA device; "
+                             "use backend='auto' or 'torch'.")
         return True
     # auto: the fused path only pays off on CUDA, and only without autograd (it is a forward).
     return backend == "auto" and logK.is_cuda and not torch.is_grad_enabled()
@@ -515,8 +517,9 @@ def sinkhorn(
             iteration, for any cost range. ``"cuda_graph"``: fused Triton kernels replayed
             from a CUDA graph. ``"auto"`` (default): ``cuda_graph`` on a GPU, ``absorbed`` on a
             CPU (``kernel`` is opt-in: about 2x faster forward, not yet the default so the
-            recorded runs keep their numbers). All give the log-domain iterates up to rounding (same plan, scalings and
-            stopping iteration). Unrolled gradients always use ``"torch"``.
+            recorded runs keep their numbers). All give the log-domain iterates up to rounding
+            (same plan, scalings and stopping iteration). Unrolled gradients always use
+            ``"torch"``.
 
     Returns:
         The plan, same shape, dtype and device as ``C``.

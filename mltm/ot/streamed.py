@@ -199,7 +199,7 @@ def streamed_sinkhorn_potentials(
         C0 = cost_block(0)
         dtype = C0.dtype
         log_a, log_b = log_a64.to(dtype), log_b64.to(dtype)
-        a_w, b_w = log_a.exp(), log_b.exp()
+        a_w = log_a.exp()
         tiny = torch.finfo(dtype).tiny
         ulp = torch.finfo(dtype).eps
         # A row (column) sum below this could be missing mass from entries that underflowed.

@@ -194,8 +194,8 @@ def data_root() -> Path:
 
 
 def overrides(out: Path, epochs: int) -> list[str]:
-    # 6 steps per epoch instead of every batch: each code path (sharded sampler, gathered plan, all-reduce,
-    # checkpoint, resume) runs in a fraction of the time of full epochs
+    # 6 steps per epoch instead of every batch: each code path (sharded sampler, gathered plan,
+    # all-reduce, checkpoint, resume) runs in a fraction of the time of full epochs
     return [f"data.dataset={data_root() / 'debsfx-ci'}", f"optim.epochs={epochs}",
             "optim.max_steps_per_epoch=6", "progress=false", f"out_dir={out}"]
 

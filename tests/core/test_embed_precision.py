@@ -1,4 +1,7 @@
-"""mltm.embed: portable encoder outputs (float64 copy of the encoder, 16-bit rounding, cache keys)."""
+"""mltm.embed: portable encoder outputs.
+
+A float64 copy of the encoder, 16-bit rounding, cache keys.
+"""
 
 from __future__ import annotations
 

@@ -41,14 +41,17 @@ def test_mltm_two_point_closed_form():
     # x = y = {0, 1} on a line: C = [[0,1],[1,0]]. The 2x2 plan with uniform marginals is
     # [[p, q], [q, p]] with p/q = exp(1/eps), so KL(I/2 || pi) = log(1 + exp(-1/eps)).
     for eps in (0.1, 0.5, 2.0):
-        loss = MLTMLoss(MahalanobisCost(1, "euclidean", dtype=f64), eps=eps, sinkhorn_kwargs=tight())
+        loss = MLTMLoss(MahalanobisCost(1, "euclidean", dtype=f64), eps=eps,
+                        sinkhorn_kwargs=tight())
         x = torch.tensor([[0.0], [1.0]], dtype=f64)
-        assert math.isclose(float(loss(x, x.clone())), math.log1p(math.exp(-1 / eps)), rel_tol=1e-10)
+        assert math.isclose(float(loss(x, x.clone())), math.log1p(math.exp(-1 / eps)),
+                            rel_tol=1e-10)
 
 
 def test_mltm_equals_kl_with_pot_plan():
     a, t = pair()
-    cost = MahalanobisCost(8, "full", init="paper", generator=torch.Generator().manual_seed(1), dtype=f64)
+    cost = MahalanobisCost(8, "full", init="paper", generator=torch.Generator().manual_seed(1),
+                           dtype=f64)
     loss = MLTMLoss(cost, eps=0.05, sinkhorn_kwargs=tight())
     C = cost(a, t).detach().numpy()
     b = C.shape[0]
@@ -72,7 +75,8 @@ def test_mltm_is_zero_only_for_the_identity_plan_and_max_normalisation_is_scale_
 def test_partial_mltm_equals_kl_with_pot_partial_plan():
     a, t = pair(seed=3)
     cost = MahalanobisCost(8, "euclidean", dtype=f64)
-    loss = PartialMLTMLoss(cost, mass=0.7, eps=0.1, sinkhorn_kwargs={"tol": 1e-13, "max_iter": 50000})
+    loss = PartialMLTMLoss(cost, mass=0.7, eps=0.1,
+                           sinkhorn_kwargs={"tol": 1e-13, "max_iter": 50000})
     C = cost(a, t).detach().numpy()
     b = C.shape[0]
     P = ot.partial.entropic_partial_wasserstein(np.full(b, 1 / b), np.full(b, 1 / b), C, reg=0.1,
@@ -93,7 +97,8 @@ def test_target_plan_with_repeated_clips_is_a_coupling():
 def ntxent_by_hand(a, t, tau, clip_ids=None):
     b = a.shape[0]
     S = (unit(a) @ unit(t).T / tau).tolist()
-    same = [[clip_ids is not None and clip_ids[i] == clip_ids[j] for j in range(b)] for i in range(b)]
+    same = [[clip_ids is not None and clip_ids[i] == clip_ids[j] for j in range(b)]
+            for i in range(b)]
     total = 0.0
     for i in range(b):
         row = [math.exp(S[i][k]) for k in range(b) if k == i or not same[i][k]]
@@ -139,8 +144,9 @@ def one_training_step(grad):
     torch.manual_seed(0)
     heads = torch.nn.ModuleDict({"a": torch.nn.Linear(10, 8), "t": torch.nn.Linear(12, 8)}).double()
     loss = MLTMLoss(MahalanobisCost(8, "full", dtype=f64), eps=0.1,
-                    sinkhorn_kwargs={"grad": grad, "tol": 1e-13, "max_iter": 5000} if grad == "implicit"
-                    else {"grad": grad, "tol": None, "max_iter": 3000})
+                    sinkhorn_kwargs=({"grad": grad, "tol": 1e-13, "max_iter": 5000}
+                                     if grad == "implicit"
+                                     else {"grad": grad, "tol": None, "max_iter": 3000}))
     g = torch.Generator().manual_seed(1)
     xa = torch.randn(16, 10, generator=g, dtype=f64)
     xt = torch.randn(16, 12, generator=g, dtype=f64)
@@ -150,7 +156,8 @@ def one_training_step(grad):
     value.backward()
     opt.step()
     loss.project_()
-    return [p.detach().clone() for p in list(heads.parameters()) + list(loss.parameters())], float(value)
+    return ([p.detach().clone() for p in list(heads.parameters()) + list(loss.parameters())],
+            float(value))
 
 
 def test_implicit_training_step_equals_unrolled():
@@ -180,12 +187,14 @@ def test_metric_stays_psd_under_training():
     assert outside > 0  # the projection did real work
 
 
-@pytest.mark.parametrize("cls", [MLTMLoss, PartialMLTMLoss, NTXentLoss, TripletLoss, ContrastiveEntropicLoss])
+@pytest.mark.parametrize("cls", [MLTMLoss, PartialMLTMLoss, NTXentLoss, TripletLoss,
+                                 ContrastiveEntropicLoss])
 def test_shape_errors(cls):
     loss = cls(dim=4) if cls in (MLTMLoss, PartialMLTMLoss) else cls()
     with pytest.raises(ValueError) as e:
         loss(torch.zeros(3, 4), torch.zeros(2, 4))
-    assert str(e.value) == "audio (3, 4) and text (2, 4) must have the same shape: row i of each is pair i of the batch"
+    assert str(e.value) == ("audio (3, 4) and text (2, 4) must have the same shape: "
+                            "row i of each is pair i of the batch")
     with pytest.raises(ValueError) as e:
         loss(torch.zeros(1, 4), torch.zeros(1, 4))
     assert str(e.value) == "a matching loss needs a batch of at least 2 pairs (b >= 2, eq. 6)"
@@ -194,7 +203,8 @@ def test_shape_errors(cls):
 def test_build_loss_errors_and_names():
     with pytest.raises(ValueError) as e:
         build_loss("infonce", dim=4)
-    assert str(e.value) == ("unknown loss 'infonce'; choose one of ['contrastive_entropic', 'mltm', "
+    assert str(e.value) == ("unknown loss 'infonce'; choose one of "
+                            "['contrastive_entropic', 'mltm', "
                             "'mltm_partial', 'ntxent', 'triplet']")
     with pytest.raises(ValueError) as e:
         build_loss("ntxent", dim=4, metric={"kind": "full"})

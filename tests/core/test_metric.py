@@ -67,7 +67,8 @@ def test_gradcheck_full_metric():
         cost.M.copy_(random_psd(d, g) + torch.eye(d, dtype=torch.float64))
     x = torch.randn(4, d, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.randn(3, d, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, y, M: _with_M(cost, M)(x, y), (x, y, cost.M.detach().clone().requires_grad_()))
+    assert torch.autograd.gradcheck(lambda x, y, M: _with_M(cost, M)(x, y),
+                                    (x, y, cost.M.detach().clone().requires_grad_()))
 
 
 def _with_M(cost, M):
@@ -107,7 +108,8 @@ def test_project_psd_closed_forms():
     # diagonal matrix: projection clamps the diagonal
     D = torch.diag(torch.tensor([3.0, -2.0, 0.5, -1e-3], dtype=torch.float64))
     P, clamped = project_psd(D)
-    torch.testing.assert_close(P, torch.diag(torch.tensor([3.0, 0.0, 0.5, 0.0], dtype=torch.float64)))
+    torch.testing.assert_close(P, torch.diag(torch.tensor([3.0, 0.0, 0.5, 0.0],
+                                                          dtype=torch.float64)))
     assert clamped == 2
     # a PSD matrix is unchanged; the projection is idempotent; the result is symmetric PSD
     g = torch.Generator().manual_seed(3)
@@ -215,7 +217,8 @@ def test_projected_step_equals_eigh_projection_when_m_is_not_feasible(dtype, flo
     out, clamped, computed = project_psd_if_needed(A, floor)
     assert computed and len(eigh_calls) == 1
     assert torch.equal(out, ref) and clamped == ref_clamped > 0
-    assert torch.linalg.eigvalsh(out.double())[0] >= floor - (1e-12 if dtype == torch.float64 else 1e-5)
+    assert (torch.linalg.eigvalsh(out.double())[0]
+            >= floor - (1e-12 if dtype == torch.float64 else 1e-5))
     cost = MahalanobisCost(d, "full", min_eigenvalue=floor, dtype=dtype)
     with torch.no_grad():
         cost.M.copy_(A)
@@ -279,7 +282,8 @@ def test_lowrank_identity_init_has_euclidean_scale():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(dim=4, kind="cosine"), "unknown metric kind 'cosine'; choose one of ('full', 'lowrank', 'diagonal', 'euclidean')"),
+    (dict(dim=4, kind="cosine"),
+     "unknown metric kind 'cosine'; choose one of ('full', 'lowrank', 'diagonal', 'euclidean')"),
     (dict(dim=4, init="random"), "unknown init 'random'; choose one of ('identity', 'paper')"),
     (dict(dim=4, kind="lowrank"), "kind='lowrank' needs rank in [1, dim=4], got rank=None"),
     (dict(dim=4, kind="full", rank=2), "rank is only used with kind='lowrank' (got kind='full')"),

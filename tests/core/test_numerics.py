@@ -76,7 +76,8 @@ def test_round_to_grid_keeps_non_finite_and_zero():
     x = torch.tensor([math.inf, 1.5, math.nan, -0.75], dtype=torch.float64)
     out = round_to_grid(x, 4)
     assert out[0] == math.inf and math.isnan(out[2]) and out[1] == 1.5 and out[3] == -0.75
-    assert torch.equal(round_to_grid(torch.zeros(3, dtype=torch.float64), 8), torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(round_to_grid(torch.zeros(3, dtype=torch.float64), 8),
+                       torch.zeros(3, dtype=torch.float64))
 
 
 def test_tensor_digest_names_values_and_shapes(gen):

@@ -86,7 +86,8 @@ def _differences(ref, got, path="") -> list[str]:
     if isinstance(ref, list):
         if len(ref) != len(got):
             return [f"{path}: length {len(ref)} vs {len(got)}"]
-        return [d for i, (r, g) in enumerate(zip(ref, got)) for d in _differences(r, g, f"{path}[{i}]")]
+        return [d for i, (r, g) in enumerate(zip(ref, got))
+                for d in _differences(r, g, f"{path}[{i}]")]
     exact = not isinstance(ref, float) or any(s in path for s in ("R@", "mAP", "MRR", "medR",
                                                                   "meanR", "accuracy"))
     if exact:
@@ -110,12 +111,14 @@ def test_seeded_run_is_the_same_under_every_instruction_set(tmp_path):
     for tag, env in others:
         diff = _differences(ref, _run(tag, env, root, tmp_path))
         if diff:
-            problems.append(f"{tag} vs {ref_tag}: {len(diff)} differences, e.g. " + "; ".join(diff[:4]))
+            problems.append(f"{tag} vs {ref_tag}: {len(diff)} differences, e.g. "
+                            + "; ".join(diff[:4]))
     assert not problems, "\n".join(problems)
 
 
 def test_differences_catches_a_changed_recall_and_tolerates_rounding():
-    ref = {"test": {"plan": {"a2t": {"R@1": 12.5, "medR": 3.0}, "modality_gap": 1.2591894857578418}}}
+    ref = {"test": {"plan": {"a2t": {"R@1": 12.5, "medR": 3.0},
+                             "modality_gap": 1.2591894857578418}}}
     same = json.loads(json.dumps(ref))
     same["test"]["plan"]["modality_gap"] = 1.2591894857578418 * (1 + 1e-12)
     assert _differences(ref, same) == []

@@ -60,13 +60,14 @@ def test_load_records_prefers_full_then_cpu_and_returns_none_without_records(tmp
 
 def test_each_run_is_recorded_once():
     rec = make()
-    with pytest.raises(KeyError, match=re.escape("run ('debsfx', 'm-LTM', 0.05, 0) is already recorded")):
+    with pytest.raises(KeyError,
+                       match=re.escape("run ('debsfx', 'm-LTM', 0.05, 0) is already recorded")):
         rec.add(["debsfx", "m-LTM", 0.05, 0], RESULT)
 
 
 def test_key_parts_must_be_json_scalars():
-    with pytest.raises(TypeError, match=re.escape("record key parts must be str, int, float, bool or None, "
-                                                  "got tuple in ('a', (1, 2))")):
+    with pytest.raises(TypeError, match=re.escape("record key parts must be str, int, float, "
+                                                  "bool or None, got tuple in ('a', (1, 2))")):
         Records().add(("a", (1, 2)), RESULT)
 
 
@@ -78,7 +79,8 @@ def test_bad_files_are_rejected_with_the_fix(tmp_path: Path):
     assert "re-run the experiment that writes it" in str(err.value)
     bad.write_text(json.dumps({"format": "something/2", "runs": []}))
     with pytest.raises(ValueError, match=re.escape(
-            f"{bad} is not an mltm records file (format 'something/2', expected '{RECORD_FORMAT}')")):
+            f"{bad} is not an mltm records file (format 'something/2', "
+            f"expected '{RECORD_FORMAT}')")):
         Records.load(bad)
     bad.write_text("[1, 2]")
     with pytest.raises(ValueError, match=re.escape("(format 'list', expected")):

@@ -57,7 +57,8 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
     assert cfg.optim.lr == 1e-3 and cfg.loss.metric.kind == "diagonal"
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
-    assert load_config(tmp_path / "c.yaml", ["optim.batch_size=16", "loss.eps=0.1"]).optim.batch_size == 16
+    assert load_config(tmp_path / "c.yaml",
+                       ["optim.batch_size=16", "loss.eps=0.1"]).optim.batch_size == 16
     with pytest.raises(ValueError) as e:
         config_from_dict({"optim": {"learning_rate": 1}})
     assert str(e.value) == ("unknown config key(s) optim.learning_rate; valid keys of optim: amp, "

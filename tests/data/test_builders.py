@@ -43,8 +43,8 @@ def rules():
      "0ad:arrow_impact:arrow_metal"),
     ("0ad", "resource/mining/mine_stone_07.ogg", "mining", "a pickaxe striking stone",
      "0ad:mining:mine_stone"),
-    ("0ad", "resource/lumbering/lumber_treeexpire_2.ogg", "tree_falling", "a tree falling and crashing",
-     "0ad:tree_falling:lumber_treeexpire"),
+    ("0ad", "resource/lumbering/lumber_treeexpire_2.ogg", "tree_falling",
+     "a tree falling and crashing", "0ad:tree_falling:lumber_treeexpire"),
     ("0ad", "voice/greek/civ/civ_female_attack_1.ogg", "speech_female", "a woman speaking",
      "0ad:speech_female:greek/civ/civ_female"),
     ("0ad", "ambient/water/river_raging_21.ogg", "flowing_water", "a raging river flowing",
@@ -128,7 +128,8 @@ def test_split_families_keeps_families_whole_and_fills_test():
 @pytest.mark.parametrize("name", ["debsfx-ci", "instruments-ci"])
 def test_built_split_has_no_group_in_two_splits(built_dataset, name):
     d = built_dataset(name)
-    groups = {s: {r.group for r in read_manifest(d / f"{s}.jsonl")} for s in ("train", "val", "test")}
+    groups = {s: {r.group for r in read_manifest(d / f"{s}.jsonl")}
+              for s in ("train", "val", "test")}
     assert all(groups.values())
     assert not groups["train"] & groups["test"]
     assert not groups["train"] & groups["val"]
@@ -210,7 +211,8 @@ def test_tuxpaint_esc50_layout_is_exact(built_dataset, tmp_path):
     assert all(r.license == "GPL-2" for r in recs)
     # The generic ESC-50 converter reads the layout as it reads the real ESC-50.
     report = prepare_esc50(d / "esc50", tmp_path / "again")
-    assert report.num_skipped() == 0 and len(read_manifest(tmp_path / "again" / "test.jsonl")) == len(rows)
+    assert (report.num_skipped() == 0
+            and len(read_manifest(tmp_path / "again" / "test.jsonl")) == len(rows))
 
 
 def test_tuxpaint_table_rejects_bad_rows(tmp_path):
@@ -374,7 +376,8 @@ def test_debsfx_skips_undecodable_and_silent_files(tmp_path, monkeypatch):
     dsfx.build("ci", out, sources=["wesnoth"], min_clips=1, max_per_class=0)
     info = json.loads((out / bl.BUILD_INFO).read_text())
     f = info["filters"]
-    assert f["skipped_truncated"] + f.get("skipped_not_audio", 0) + f.get("skipped_unreadable", 0) == 2
+    assert (f["skipped_truncated"] + f.get("skipped_not_audio", 0)
+            + f.get("skipped_unreadable", 0)) == 2
     assert f["skipped_silent"] == 1
     ids = {r.clip_id for s in ("train", "val", "test") for r in read_manifest(out / f"{s}.jsonl")}
     assert ids == {"wesnoth-data-core-sounds-sword-1", "wesnoth-data-core-sounds-bow",

@@ -132,7 +132,8 @@ def test_esc50_layout_round_trips_through_prepare_esc50(tmp_path):
     recs = {r.clip_id: r for r in read_manifest(out / "test.jsonl")}
     assert validate_manifest(out / "test.jsonl", check_audio=True) == []
     assert recs["5-pkg_crow-A-2"].captions == ("This is a sound of rooster",)
-    assert (recs["5-pkg_crow-A-2"].source, recs["5-pkg_crow-A-2"].license) == ("pkg-b 2.0", "CC0-1.0")
+    assert ((recs["5-pkg_crow-A-2"].source, recs["5-pkg_crow-A-2"].license)
+            == ("pkg-b 2.0", "CC0-1.0"))
     assert (recs["5-pkg_bark-A-1"].group, recs["5-pkg_bark-A-1"].license) == ("pkg_bark", "GPL-3+")
     # The generic converter reads the layout exactly as it reads the real ESC-50.
     again = prepare_esc50(out / "esc50", tmp_path / "again")
@@ -164,7 +165,8 @@ def test_byte_identical_files_are_kept_once_and_bad_files_counted(tmp_path):
     rows, stats = esc.write_esc50_set(tmp_path / "out", clips)
     assert [r["src_file"] for r in rows] == ["p_a"]          # the first of the two copies
     assert stats["duplicate"] == 1 and stats["missing"] == 1 and stats["skipped_silent"] == 1
-    assert sum(v for k, v in stats.items() if k.startswith("skipped_") and k != "skipped_silent") == 1
+    assert sum(v for k, v in stats.items()
+               if k.startswith("skipped_") and k != "skipped_silent") == 1
     # Classes are numbered over the listed clips, so a skipped clip's class keeps its target.
     assert rows[0]["target"] == 1
 
@@ -226,7 +228,8 @@ def test_edusounds_builder_end_to_end_with_fake_packages(tmp_path, monkeypatch):
     assert recs["cow"].source == "gcompris-qt-data 1.0" and recs["cow"].license == "GPL-3"
     assert recs["dog"].group == "qabcs_dog"
     assert "EduSounds" in (out / "LICENSE.md").read_text()
-    monkeypatch.setattr(edu, "unpack", lambda *a: pytest.fail("an up-to-date build must not unpack"))
+    monkeypatch.setattr(edu, "unpack",
+                        lambda *a: pytest.fail("an up-to-date build must not unpack"))
     before = (out / bl.BUILD_INFO).stat().st_mtime_ns
     edu.build(out)
     assert (out / bl.BUILD_INFO).stat().st_mtime_ns == before
@@ -309,8 +312,8 @@ def test_overlap_check_finds_a_recording_mixed_into_a_training_file(tmp_path):
     raw.mkdir()
     ambience = rng.standard_normal(5 * 22050) * 0.05
     ambience[30000:30000 + 22050] += 0.5 * ov.load_mono(zs / "esc50/audio/call.wav", 22050)[:22050]
-    sf.write(str(raw / "night.ogg"), ambience, 22050)                  # re-encoded, resampled, mixed
+    sf.write(str(raw / "night.ogg"), ambience, 22050)                # re-encoded, resampled, mixed
     res = {clip: (score, name) for score, clip, name in ov.overlaps(zs, [raw])}
     assert res["call"][0] > 0.8 and res["call"][1] == "night.ogg"
     assert res["other"][0] < 0.3
-    assert ov.main([str(zs), str(raw), "--show", "0"]) == 1            # exit 1: a hit to look at
+    assert ov.main([str(zs), str(raw), "--show", "0"]) == 1          # exit 1: a hit to look at

@@ -14,7 +14,8 @@ F64 = torch.float64
 
 def _gallery(gen, n=40, captions=5, d=12, dtype=F64):
     audio = torch.randn(n, d, generator=gen, dtype=dtype)
-    text = audio.repeat_interleave(captions, 0) + 0.8 * torch.randn(n * captions, d, generator=gen, dtype=dtype)
+    text = (audio.repeat_interleave(captions, 0)
+            + 0.8 * torch.randn(n * captions, d, generator=gen, dtype=dtype))
     return audio, text
 
 
@@ -38,14 +39,16 @@ def test_topk_equals_dense_plan_ranking(cost, eps, direction, block, gen):
     audio, text = _gallery(gen)
     S = _dense_scores(audio, text, cost, eps)  # tol 1e-6, check_every 10: the defaults
     k = 10
-    res = plan_topk(audio, text, k, cost=cost, eps=eps, direction=direction, check_every=10, block=block)
+    res = plan_topk(audio, text, k, cost=cost, eps=eps, direction=direction, check_every=10,
+                    block=block)
     ref = torch.topk(S if direction == "a2t" else S.T, k, dim=1)
     assert torch.equal(res.indices, ref.indices)  # same items, same order
     torch.testing.assert_close(res.scores, ref.values, rtol=0, atol=1e-10)
     # The full ordering too: k = the gallery size.
     full = plan_topk(audio, text, S.shape[0 if direction == "t2a" else 1], cost=cost, eps=eps,
                      direction=direction, potentials=res.potentials)
-    assert torch.equal(full.indices, torch.argsort(S if direction == "a2t" else S.T, dim=1, descending=True))
+    assert torch.equal(full.indices,
+                       torch.argsort(S if direction == "a2t" else S.T, dim=1, descending=True))
 
 
 def test_topk_equals_sinkhorn_on_the_dense_cost_converged(gen):

@@ -420,9 +420,10 @@ def test_zero_shot_constructed_case():
     assert got["num_clips"] == 4 and got["num_classes"] == 4 and got["rank_by"] == "distance"
     assert got["predicted_classes"] == 4 and got["majority_share"] == 25.0
     # A hub: one prompt first for every clip; the labels have a 3-of-4 majority class.
-    hub = zero_shot_classification(audio + torch.tensor([0.0, 0.0, 0.0, 9.0], dtype=F64), class_text,
-                                   torch.tensor([3, 3, 3, 0]))
-    assert hub["predicted_classes"] == 1 and hub["majority_share"] == 75.0 and hub["accuracy"] == 75.0
+    hub = zero_shot_classification(audio + torch.tensor([0.0, 0.0, 0.0, 9.0], dtype=F64),
+                                   class_text, torch.tensor([3, 3, 3, 0]))
+    assert (hub["predicted_classes"] == 1 and hub["majority_share"] == 75.0
+            and hub["accuracy"] == 75.0)
 
 
 @pytest.mark.parametrize("rank_by", ["distance", "plan"])
@@ -597,8 +598,10 @@ def test_float64_scores_that_differ_by_rounding_noise_tie():
     # the score grid (mltm.numerics.round_to_grid) they tie exactly, so the optimistic rank
     # is the same whichever copy came out larger.
     g = torch.Generator().manual_seed(3)
-    audio = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=-1)
-    text = torch.nn.functional.normalize(torch.randn(6, 8, generator=g, dtype=torch.float64), dim=-1)
+    audio = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64),
+                                          dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(6, 8, generator=g, dtype=torch.float64),
+                                         dim=-1)
     text[4] = text[5] = audio[0]  # caption 4 is clip 0's best caption, and caption 5 ties with it
     caption_clip = torch.tensor([0, 1, 2, 3, 0, 1])  # captions 4 and 5: same text, two clips
     results = []

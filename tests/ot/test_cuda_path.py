@@ -25,7 +25,8 @@ INTERPRETER_CHECK = textwrap.dedent(
     g = torch.Generator().manual_seed(0)
     for B, R, K in [(2, 5, 7), (1, 3, 1500)]:   # 1500 columns: two blocks of 1024
         X = torch.randn(B, R, K, generator=g, dtype=torch.float64) * 30
-        w, logm = torch.randn(B, K, generator=g, dtype=torch.float64), torch.randn(B, R, generator=g, dtype=torch.float64)
+        w, logm = (torch.randn(B, K, generator=g, dtype=torch.float64),
+                   torch.randn(B, R, generator=g, dtype=torch.float64))
         state = torch.randn(B, R, generator=g, dtype=torch.float64)
         err = torch.empty(B, R, dtype=torch.float64)
         lse = torch.logsumexp(X + w[:, None, :], -1)
@@ -51,7 +52,8 @@ INTERPRETER_CHECK = textwrap.dedent(
 @pytest.mark.skipif(not _cuda.HAS_TRITON, reason="Triton is not installed")
 def test_triton_kernel_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], env=env, capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "interpreter ok" in out.stdout
 
@@ -60,7 +62,8 @@ def test_torch_fallback_of_the_half_step():
     # The same contract without Triton (the path taken on a GPU when Triton is missing).
     g = torch.Generator().manual_seed(1)
     X = torch.randn(2, 4, 6, generator=g, dtype=torch.float64)
-    w, logm = torch.randn(2, 6, generator=g, dtype=torch.float64), torch.randn(2, 4, generator=g, dtype=torch.float64)
+    w, logm = (torch.randn(2, 6, generator=g, dtype=torch.float64),
+               torch.randn(2, 4, generator=g, dtype=torch.float64))
     state, err = torch.zeros(2, 4, dtype=torch.float64), torch.empty(2, 4, dtype=torch.float64)
     lse = torch.logsumexp(X + w[:, None, :], -1)
     _cuda.lse_update(X, w, logm, state, err)  # CPU tensors, no interpreter: torch ops

@@ -40,7 +40,8 @@ def test_gradcheck_marginals(gen):
 def test_implicit_equals_unrolled_on_the_mltm_loss(gen):
     # b = 64 embeddings-like costs, the paper's eps; float64 so the comparison is exact.
     x = torch.nn.functional.normalize(torch.randn(64, 16, generator=gen, dtype=F64), dim=-1)
-    y = torch.nn.functional.normalize(x + 0.5 * torch.randn(64, 16, generator=gen, dtype=F64), dim=-1)
+    y = torch.nn.functional.normalize(x + 0.5 * torch.randn(64, 16, generator=gen, dtype=F64),
+                                      dim=-1)
     C = torch.cdist(x, y).requires_grad_()
     g_imp = torch.autograd.grad(_mltm_loss(sinkhorn(C, 0.05, tol=1e-13, max_iter=10_000)), C)[0]
     g_unr = torch.autograd.grad(
@@ -52,7 +53,8 @@ def test_implicit_equals_unrolled_on_the_mltm_loss(gen):
 
 def test_float32_implicit_gradient_reaches_float32_floor(gen):
     x = torch.nn.functional.normalize(torch.randn(128, 32, generator=gen, dtype=F64), dim=-1)
-    y = torch.nn.functional.normalize(x + 0.7 * torch.randn(128, 32, generator=gen, dtype=F64), dim=-1)
+    y = torch.nn.functional.normalize(x + 0.7 * torch.randn(128, 32, generator=gen, dtype=F64),
+                                      dim=-1)
     C64 = torch.cdist(x, y).requires_grad_()
     g_ref = torch.autograd.grad(_mltm_loss(sinkhorn(C64, 0.05, tol=1e-13, max_iter=10_000)), C64)[0]
     C32 = C64.detach().float().requires_grad_()
@@ -81,12 +83,14 @@ def test_implicit_backward_state_is_one_plan_whatever_the_iterations(gen):
         _, nbytes = saved_tensor_bytes(lambda: sinkhorn(C, 0.05, tol=None, max_iter=n_iter))
         sizes.append(nbytes)
     assert sizes[0] == sizes[1] == 256 * 256 * 4  # exactly the float32 plan
-    _, unrolled = saved_tensor_bytes(lambda: sinkhorn(C, 0.05, tol=None, max_iter=20, grad="unroll"))
+    _, unrolled = saved_tensor_bytes(
+        lambda: sinkhorn(C, 0.05, tol=None, max_iter=20, grad="unroll"))
     assert unrolled > 20 * 256 * 256 * 4  # unrolling keeps at least one n x m tensor per iteration
 
 
 
-def test_permutation_plan_in_float32_takes_the_pseudo_inverse_and_matches_unrolled(gen, monkeypatch):
+def test_permutation_plan_in_float32_takes_the_pseudo_inverse_and_matches_unrolled(
+        gen, monkeypatch):
     # The failure that stopped a training run: every clip far closer to its own caption, so
     # the float32 plan is a permutation up to underflow (off-diagonal exp(-200) = 0). Each
     # row of the Schur complement is then zero, S is singular and torch.linalg.solve used to
@@ -95,7 +99,8 @@ def test_permutation_plan_in_float32_takes_the_pseudo_inverse_and_matches_unroll
 
     calls = []
     pinv = torch.linalg.pinv
-    monkeypatch.setattr(implicit.torch.linalg, "pinv", lambda *a, **k: calls.append(1) or pinv(*a, **k))
+    monkeypatch.setattr(implicit.torch.linalg, "pinv",
+                        lambda *a, **k: calls.append(1) or pinv(*a, **k))
     C64 = torch.rand(12, 12, generator=gen, dtype=F64) + 10.0 * (1 - torch.eye(12, dtype=F64))
     C = C64.float().requires_grad_()
     P = sinkhorn(C, 0.05, tol=1e-6, max_iter=1000)
@@ -105,7 +110,8 @@ def test_permutation_plan_in_float32_takes_the_pseudo_inverse_and_matches_unroll
     assert torch.isfinite(g).all()
     # The exact gradient (float64, unrolled: the plan is a permutation up to e^-200) is ~0.
     C2 = C64.clone().requires_grad_()
-    g_ref = torch.autograd.grad(_mltm_loss(sinkhorn(C2, 0.05, tol=1e-13, max_iter=10_000, grad="unroll")), C2)[0]
+    g_ref = torch.autograd.grad(
+        _mltm_loss(sinkhorn(C2, 0.05, tol=1e-13, max_iter=10_000, grad="unroll")), C2)[0]
     torch.testing.assert_close(g.double(), g_ref, atol=1e-6, rtol=0)
 
 
@@ -120,5 +126,6 @@ def test_block_diagonal_plan_gradient_equals_unrolled(gen):
     assert (P.detach()[:5, 5:] == 0).all()
     g_imp = torch.autograd.grad(_mltm_loss(P), C)[0]
     C2 = C.detach().clone().requires_grad_()
-    g_unr = torch.autograd.grad(_mltm_loss(sinkhorn(C2, 0.05, tol=1e-13, max_iter=10_000, grad="unroll")), C2)[0]
+    g_unr = torch.autograd.grad(
+        _mltm_loss(sinkhorn(C2, 0.05, tol=1e-13, max_iter=10_000, grad="unroll")), C2)[0]
     assert ((g_imp - g_unr).norm() / g_unr.norm()).item() < 1e-8

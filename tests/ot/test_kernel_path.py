@@ -41,10 +41,13 @@ def _solve_and_grad(C, eps, a, b, backend, tol=1e-12):
 
 CASES = {
     "square": lambda gen: (_embedding_cost(40, 40, gen), 0.05, None, None),
-    "wide-uneven": lambda gen: (_embedding_cost(20, 60, gen), 0.05, _rand_simplex(20, gen), _rand_simplex(60, gen)),
-    "tall-uneven": lambda gen: (torch.rand(50, 15, generator=gen, dtype=F64), 0.03, _rand_simplex(50, gen), _rand_simplex(15, gen)),
+    "wide-uneven": lambda gen: (_embedding_cost(20, 60, gen), 0.05,
+                                _rand_simplex(20, gen), _rand_simplex(60, gen)),
+    "tall-uneven": lambda gen: (torch.rand(50, 15, generator=gen, dtype=F64), 0.03,
+                                _rand_simplex(50, gen), _rand_simplex(15, gen)),
     "batched": lambda gen: (_embedding_cost(25, 30, gen, batch=3), 0.05, None, None),
-    "batched-uneven": lambda gen: (torch.rand(4, 12, 18, generator=gen, dtype=F64), 0.02, _rand_simplex((4, 12), gen), _rand_simplex((4, 18), gen)),
+    "batched-uneven": lambda gen: (torch.rand(4, 12, 18, generator=gen, dtype=F64), 0.02,
+                                   _rand_simplex((4, 12), gen), _rand_simplex((4, 18), gen)),
 }
 
 
@@ -91,7 +94,8 @@ def test_large_cost_range_falls_back_and_matches_pot(gen, monkeypatch):
     calls = []
     for name in ("_iterate_kernel", "_iterate_absorbed"):
         original = getattr(sk, name)
-        monkeypatch.setattr(sk, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+        monkeypatch.setattr(sk, name,
+                            lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
     C = 5 * torch.rand(20, 30, generator=gen, dtype=F64)
     a, b = _rand_simplex(20, gen), _rand_simplex(30, gen)
     res = sinkhorn_log(C, 0.01, a, b, tol=1e-12, max_iter=100_000, backend="kernel")
@@ -104,7 +108,8 @@ def test_float32_range_limit_falls_back(gen, monkeypatch):
     # float32's direct-kernel limit is 30 nats: a range of 40 takes the stabilised path too.
     calls = []
     original = sk._iterate_absorbed
-    monkeypatch.setattr(sk, "_iterate_absorbed", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(sk, "_iterate_absorbed",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
     C = torch.rand(24, 24, generator=gen)
     C = (C - C.min()) / (C.max() - C.min())
     with torch.no_grad():
@@ -120,7 +125,9 @@ def test_runtime_blow_up_rolls_back_to_the_log_path(gen, monkeypatch):
     monkeypatch.setitem(sk._KERNEL_LIMITS, F64, (80.0, 0.5, 1.0))
     calls = []
     original = sk._iterate_absorbed
-    monkeypatch.setattr(sk, "_iterate_absorbed", lambda *a, **k: calls.append(k.get("init") is not None) or original(*a, **k))
+    monkeypatch.setattr(sk, "_iterate_absorbed",
+                        lambda *a, **k: (calls.append(k.get("init") is not None)
+                                         or original(*a, **k)))
     C = torch.rand(3, 20, 25, generator=gen, dtype=F64)
     with torch.no_grad():
         fast = sinkhorn_log(C, 0.05, tol=1e-10, max_iter=5000, backend="kernel")

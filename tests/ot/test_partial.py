@@ -14,7 +14,8 @@ def _pot_partial(C, eps, mass, a, b, n_iter, method):
     # method="sinkhorn_log" (it calls nx.log(m)): pass a tensor. Its stopThr=1e-100 default
     # never fires, so numItermax is the exact iteration count.
     m = torch.tensor(mass, dtype=C.dtype)
-    return ot.partial.entropic_partial_wasserstein(a, b, C, eps, m=m, numItermax=n_iter, method=method)
+    return ot.partial.entropic_partial_wasserstein(a, b, C, eps, m=m, numItermax=n_iter,
+                                                   method=method)
 
 
 @pytest.mark.parametrize("method", ["sinkhorn_log", "sinkhorn"])
@@ -25,7 +26,8 @@ def test_same_iterations_match_pot(method, n, m, mass, gen):
     b = torch.full((m,), 1 / m, dtype=F64)
     for k in (1, 7, 60):
         P = partial_sinkhorn(C, 0.1, mass, tol=None, max_iter=k)
-        torch.testing.assert_close(P, _pot_partial(C, 0.1, mass, a, b, k, method), rtol=0, atol=1e-14)
+        torch.testing.assert_close(P, _pot_partial(C, 0.1, mass, a, b, k, method),
+                                   rtol=0, atol=1e-14)
 
 
 def test_converged_plan_matches_pot_with_weights(gen):
@@ -34,7 +36,8 @@ def test_converged_plan_matches_pot_with_weights(gen):
     b = torch.rand(6, generator=gen, dtype=F64) + 0.2
     a, b = a / a.sum() * 1.3, b / b.sum()  # unnormalised weights are allowed here
     P = partial_sinkhorn(C, 0.05, 0.7, a, b, tol=1e-13, max_iter=20_000)
-    torch.testing.assert_close(P, _pot_partial(C, 0.05, 0.7, a, b, 5000, "sinkhorn_log"), rtol=0, atol=1e-12)
+    torch.testing.assert_close(P, _pot_partial(C, 0.05, 0.7, a, b, 5000, "sinkhorn_log"),
+                               rtol=0, atol=1e-12)
 
 
 def test_feasibility(gen):
@@ -60,7 +63,8 @@ def test_partial_plan_drops_the_outliers(gen):
     C[6:, :] = 10.0
     P = partial_sinkhorn(C, 0.05, 6 / 8, tol=1e-9, max_iter=10_000)
     assert P[6:].sum().item() < 1e-20
-    torch.testing.assert_close(torch.diagonal(P)[:6], torch.full((6,), 1 / 8, dtype=F64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(torch.diagonal(P)[:6], torch.full((6,), 1 / 8, dtype=F64),
+                               rtol=0, atol=1e-9)
 
 
 def test_batched_equals_looped_with_per_problem_mass(gen):
@@ -82,7 +86,8 @@ def test_float32_small_eps_is_stable(gen):
 def test_gradcheck_unrolled(gen):
     C = torch.rand(4, 5, generator=gen, dtype=F64).requires_grad_()
     W = torch.randn(4, 5, generator=gen, dtype=F64)
-    assert torch.autograd.gradcheck(lambda C: (partial_sinkhorn(C, 0.2, 0.7, tol=1e-12) * W).sum(), (C,))
+    assert torch.autograd.gradcheck(
+        lambda C: (partial_sinkhorn(C, 0.2, 0.7, tol=1e-12) * W).sum(), (C,))
 
 
 def test_keeps_dtype_device_and_shape(device, gen):
@@ -95,7 +100,8 @@ def test_float32_tolerance_is_reachable_and_meaningful(gen):
     # The stopping test works in mass units, so a 1e-6 tolerance is met in float32 at b = 256
     # and the plan it stops at is within 1e-6 of the float64 solution.
     x = torch.nn.functional.normalize(torch.randn(256, 64, generator=gen, dtype=F64), dim=-1)
-    y = torch.nn.functional.normalize(x + 0.3 * torch.randn(256, 64, generator=gen, dtype=F64), dim=-1)
+    y = torch.nn.functional.normalize(x + 0.3 * torch.randn(256, 64, generator=gen, dtype=F64),
+                                      dim=-1)
     C = torch.cdist(x, y)
     ref = partial_sinkhorn(C, 0.05, 0.8, tol=1e-14, max_iter=20_000)
     res = partial_sinkhorn_log(C.float(), 0.05, 0.8, tol=1e-6)

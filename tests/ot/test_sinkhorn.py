@@ -49,7 +49,8 @@ def test_rows_exact_and_columns_within_tol(gen):
     # The reported error is the real one, not an estimate; in float32 both are sums of 50
     # rounded terms, so they agree only to float32 rounding (~1e-8, and which way depends on
     # the CPU's summation order), hence the absolute slack and the float64 check below.
-    assert res.marginal_error.item() == pytest.approx(torch.linalg.vector_norm(P.sum(0) - b).item(), rel=1e-2, abs=1e-7)
+    assert res.marginal_error.item() == pytest.approx(
+        torch.linalg.vector_norm(P.sum(0) - b).item(), rel=1e-2, abs=1e-7)
     a64, b64 = a.double() / a.double().sum(), b.double() / b.double().sum()
     res64 = sinkhorn_log(C.double(), 0.05, a64, b64, tol=1e-9)
     err64 = torch.linalg.vector_norm(res64.plan.sum(0) - b64).item()
@@ -83,7 +84,8 @@ def test_batched_equals_looped(gen):
     a, b = _rand_simplex(10, gen, batch=4), _rand_simplex(13, gen, batch=4)
     P = sinkhorn(C, 0.05, a, b, tol=1e-12)
     for k in range(4):
-        torch.testing.assert_close(P[k], sinkhorn(C[k], 0.05, a[k], b[k], tol=1e-12), rtol=0, atol=1e-12)
+        torch.testing.assert_close(P[k], sinkhorn(C[k], 0.05, a[k], b[k], tol=1e-12),
+                                   rtol=0, atol=1e-12)
 
 
 def test_batched_with_shared_marginal(gen):
@@ -125,7 +127,8 @@ def test_tolerance_is_checked_every_check_every(gen):
 
 def test_convergence_warning_when_max_iter_too_small(gen):
     C = torch.rand(30, 30, generator=gen, dtype=F64)
-    with pytest.warns(ConvergenceWarning, match=r"did not reach tol=1e-12 in max_iter=3 iterations"):
+    with pytest.warns(ConvergenceWarning,
+                      match=r"did not reach tol=1e-12 in max_iter=3 iterations"):
         sinkhorn(C, 0.01, tol=1e-12, max_iter=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -185,7 +188,8 @@ def test_absorbed_iteration_equals_log_domain_iteration(case, tol, max_iter, gen
     # underflows and where re-absorption is needed (costs spanning 5/0.01 = 500 nats).
     if case == "embeddings":
         x = torch.nn.functional.normalize(torch.randn(128, 32, generator=gen), dim=-1)
-        C, eps = torch.cdist(x, torch.nn.functional.normalize(x + 0.3 * torch.randn(128, 32, generator=gen), dim=-1)), 0.05
+        C, eps = torch.cdist(x, torch.nn.functional.normalize(
+            x + 0.3 * torch.randn(128, 32, generator=gen), dim=-1)), 0.05
     elif case == "underflowing-f32":
         C, eps = 1 + 0.7 * torch.rand(64, 64, generator=gen), 0.01
     elif case == "batched-f64":
@@ -209,7 +213,8 @@ def test_auto_backend_on_cpu_is_absorbed_without_grad_and_torch_with_grad(gen, m
     calls = []
     for name in ("_iterate_kernel", "_iterate_absorbed", "_iterate_torch"):
         original = getattr(sk, name)
-        monkeypatch.setattr(sk, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+        monkeypatch.setattr(sk, name,
+                            lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
     C = torch.rand(8, 8, generator=gen).requires_grad_()
     sk.sinkhorn(C, 0.1)  # implicit: the forward runs without autograd
     sk.sinkhorn(C, 0.1, grad="unroll")
@@ -226,6 +231,8 @@ def test_fixed_iterations_compile_without_graph_breaks(grad, gen):
     # .item() or data-dependent branch, so this fails if the fixed-iteration path has one.
     C = torch.rand(16, 16, generator=gen)
     solve = torch.compile(
-        lambda C: sinkhorn(C, 0.1, tol=None, max_iter=25, grad=grad), fullgraph=True, backend="eager"
+        lambda C: sinkhorn(C, 0.1, tol=None, max_iter=25, grad=grad), fullgraph=True,
+        backend="eager"
     )
-    torch.testing.assert_close(solve(C), sinkhorn(C, 0.1, tol=None, max_iter=25), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(solve(C), sinkhorn(C, 0.1, tol=None, max_iter=25),
+                               rtol=1e-5, atol=1e-8)

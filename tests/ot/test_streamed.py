@@ -13,7 +13,8 @@ F64 = torch.float64
 
 
 def _data(gen, n=60, m=150, d=8, dtype=F64):
-    return torch.randn(n, d, generator=gen, dtype=dtype), torch.randn(m, d, generator=gen, dtype=dtype)
+    return (torch.randn(n, d, generator=gen, dtype=dtype),
+            torch.randn(m, d, generator=gen, dtype=dtype))
 
 
 def _simplex(n, gen):
@@ -21,14 +22,17 @@ def _simplex(n, gen):
     return w / w.sum()
 
 
-@pytest.mark.parametrize("cost,eps", [(cosine_distance, 0.05), (euclidean_distance, 0.3), (euclidean_distance, 0.03)])
+@pytest.mark.parametrize("cost,eps", [(cosine_distance, 0.05), (euclidean_distance, 0.3),
+                                      (euclidean_distance, 0.03)])
 @pytest.mark.parametrize("block", [1, 7, 1000])
 @pytest.mark.parametrize("check_every", [1, 10])
 def test_same_iterates_as_dense_log_solver(cost, eps, block, check_every, gen):
     x, y = _data(gen)
     C = cost(x, y)
-    dense = sinkhorn_log(C, eps, tol=1e-9, max_iter=100_000, check_every=check_every, backend="torch")
-    res = streamed_sinkhorn_potentials(x, y, cost, eps, block=block, tol=1e-9, max_iter=100_000, check_every=check_every)
+    dense = sinkhorn_log(C, eps, tol=1e-9, max_iter=100_000, check_every=check_every,
+                         backend="torch")
+    res = streamed_sinkhorn_potentials(x, y, cost, eps, block=block, tol=1e-9, max_iter=100_000,
+                                       check_every=check_every)
     assert res.n_iter == dense.n_iter
     torch.testing.assert_close(res.log_u, dense.log_u, rtol=0, atol=1e-10)
     torch.testing.assert_close(res.log_v, dense.log_v, rtol=0, atol=1e-10)
@@ -39,7 +43,8 @@ def test_same_iterates_as_dense_log_solver(cost, eps, block, check_every, gen):
 def test_uneven_marginals_match_pot(gen):
     x, y = _data(gen, 30, 45)
     a, b = _simplex(30, gen), _simplex(45, gen)
-    res = streamed_sinkhorn_potentials(x, y, euclidean_distance, 0.2, a, b, block=4, tol=1e-12, max_iter=100_000)
+    res = streamed_sinkhorn_potentials(x, y, euclidean_distance, 0.2, a, b, block=4, tol=1e-12,
+                                       max_iter=100_000)
     C = euclidean_distance(x, y)
     P = torch.exp((res.f[:, None] + res.g[None, :] - C) / 0.2)
     P_pot = ot.sinkhorn(a, b, C, 0.2, method="sinkhorn_log", stopThr=1e-14, numItermax=100_000)
@@ -54,7 +59,8 @@ def test_wide_cost_range_takes_the_exact_branches(gen):
     x[3] += 40.0
     C = euclidean_distance(x, y)
     dense = sinkhorn_log(C, 0.05, tol=1e-9, max_iter=100_000, check_every=1, backend="torch")
-    res = streamed_sinkhorn_potentials(x, y, euclidean_distance, 0.05, block=6, tol=1e-9, max_iter=100_000)
+    res = streamed_sinkhorn_potentials(x, y, euclidean_distance, 0.05, block=6, tol=1e-9,
+                                       max_iter=100_000)
     assert res.n_iter == dense.n_iter
     P = torch.exp(-C / 0.05 + res.log_u[:, None] + res.log_v[None, :])
     torch.testing.assert_close(P, dense.plan, rtol=0, atol=1e-12)
@@ -63,7 +69,8 @@ def test_wide_cost_range_takes_the_exact_branches(gen):
 def test_float32_close_to_float64(gen):
     x, y = _data(gen, 80, 200, 16)
     r64 = streamed_sinkhorn_potentials(x, y, cosine_distance, 0.05, tol=1e-10)
-    r32 = streamed_sinkhorn_potentials(x.float(), y.float(), cosine_distance, 0.05, block=9, tol=1e-6)
+    r32 = streamed_sinkhorn_potentials(x.float(), y.float(), cosine_distance, 0.05, block=9,
+                                       tol=1e-6)
     assert r32.log_u.dtype == torch.float32 and r32.marginal_error < 1e-6
     C = cosine_distance(x, y)
     P64 = torch.exp(-C / 0.05 + r64.log_u[:, None] + r64.log_v[None, :])

@@ -23,7 +23,8 @@ class TestCommon:
     def test_non_finite_cost(self, solve):
         bad = C.clone()
         bad[1, 2] = float("nan")
-        with _raises("C contains non-finite values (NaN or inf); check the embeddings and the cost computation"):
+        with _raises("C contains non-finite values (NaN or inf); "
+                     "check the embeddings and the cost computation"):
             solve(bad, 0.1)
         bad[1, 2] = float("inf")
         with _raises("C contains non-finite values"):
@@ -53,7 +54,8 @@ class TestCommon:
             solve(C, 0.1, a=torch.full((5,), 0.2))
         with _raises("b has shape (4,) but C has 5 columns; b must have shape (5,) or (B, 5)."):
             solve(C, 0.1, b=torch.full((4,), 0.25))
-        with _raises("a has shape (3, 4) but C has batch size 2 and 4 rows; a must have shape (4,) or (2, 4)."):
+        with _raises("a has shape (3, 4) but C has batch size 2 and 4 rows; "
+                     "a must have shape (4,) or (2, 4)."):
             solve(torch.rand(2, 4, 5), 0.1, a=torch.full((3, 4), 0.25))
 
     def test_negative_marginal(self, solve):
@@ -113,5 +115,6 @@ def test_mass_tensor_shape():
 
 
 def test_unknown_backend():
-    with _raises("backend must be 'auto', 'torch', 'kernel', 'absorbed' or 'cuda_graph'; got 'numpy'."):
+    with _raises("backend must be 'auto', 'torch', 'kernel', 'absorbed' or 'cuda_graph'; "
+                 "got 'numpy'."):
         sinkhorn(C, 0.1, backend="numpy")
