@@ -163,6 +163,18 @@ def _file_stamp(path: Path) -> list[Any]:
         return [str(path), None, None]
 
 
+def _clips_key(encoder: nn.Module, dataset, dtype: torch.dtype, significant_bits: int | None,
+               **extra: str) -> dict[str, Any]:
+    """Cache key of a clips dataset's encoder outputs: encoder, front end, precision, every clip."""
+    from mltm.data.manifest import resolve_audio_path
+
+    return {"encoder": encoder_fingerprint(encoder), **extra,
+            "frontend": repr(dataset.config),
+            "precision": _precision_key(dtype, significant_bits),
+            "clips": [[r.clip_id] + _file_stamp(resolve_audio_path(r, dataset.root))
+                      for r in dataset.records]}
+
+
 def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
                  device: torch.device | str = "cpu", progress: bool = False,
                  use_cache: bool = True, dtype: torch.dtype = torch.float64,
@@ -183,7 +195,6 @@ def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
     """
     if dataset.view != "clips":
         raise ValueError("encode_clips needs a dataset with view='clips'")
-    from mltm.data.manifest import resolve_audio_path
 
     def compute(rows: range) -> dict[str, torch.Tensor]:
         was_training = encoder.training
@@ -207,13 +218,7 @@ def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
 
     if not use_cache:
         return compute(range(dataset.num_clips))
-    key = {
-        "encoder": encoder_fingerprint(encoder),
-        "frontend": repr(dataset.config),
-        "precision": _precision_key(dtype, significant_bits),
-        "clips": [[r.clip_id] + _file_stamp(resolve_audio_path(r, dataset.root))
-                  for r in dataset.records],
-    }
+    key = _clips_key(encoder, dataset, dtype, significant_bits)
     return _sharded("audio", key, dataset.num_clips, compute, _cat_rows, shard)
 
 
@@ -294,7 +299,6 @@ def encode_clip_frames(encoder: nn.Module, dataset, *, batch_size: int = 16,
     if not hasattr(encoder, "frame_embeddings"):
         raise TypeError(f"{type(encoder).__name__} has no frame outputs (frame_embeddings); "
                         "use the aisfx audio encoder or a pooled (linear) audio head")
-    from mltm.data.manifest import resolve_audio_path
 
     def compute(rows: range) -> dict[str, torch.Tensor]:
         was_training = encoder.training
@@ -327,14 +331,7 @@ def encode_clip_frames(encoder: nn.Module, dataset, *, batch_size: int = 16,
 
     if not use_cache:
         return compute(range(dataset.num_clips))
-    key = {
-        "encoder": encoder_fingerprint(encoder),
-        "outputs": "frames",
-        "frontend": repr(dataset.config),
-        "precision": _precision_key(dtype, significant_bits),
-        "clips": [[r.clip_id] + _file_stamp(resolve_audio_path(r, dataset.root))
-                  for r in dataset.records],
-    }
+    key = _clips_key(encoder, dataset, dtype, significant_bits, outputs="frames")
     return _sharded("audio-frames", key, dataset.num_clips, compute, _cat_rows, shard)
 
 
