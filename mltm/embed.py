@@ -4,8 +4,9 @@ With both encoders frozen, m-LTM training only moves the projection heads and M,
 encoders' outputs are computed once per clip and per caption text and reused every epoch
 (and by every run on the same data): this is what makes the CI config train in seconds.
 The cache key covers the encoder (its class, options and a hash of its weights), the
-front-end and clip-length settings, and every input (clip id, path, size and mtime of the
-audio file; caption text), so a change to any of them recomputes. Files are written
+front-end and clip-length settings, and every input (clip id, size and SHA-256 of the audio
+file's bytes; caption text), so a change to any of them recomputes, and the same data found
+elsewhere (a fresh clone that rebuilt it, a copy) does not. Files are written
 atomically; a corrupted clip is skipped and counted, not fatal.
 
 **Portable features.** By default the encoders run on a float64 copy of themselves and the
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -81,21 +83,37 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
 def cached(kind: str, key: dict[str, Any], compute, directory: str | os.PathLike | None = None):
     """Return ``compute()``'s dict of tensors, cached under a hash of ``key``.
 
-    A cache file that cannot be read (truncated, corrupted) is recomputed and rewritten.
+    A cache file that cannot be read (truncated, corrupted) is recomputed and rewritten. A
+    process that finds another one computing the same entry (a ``.lock`` file beside it, held
+    through :mod:`filelock`, released by the OS if its holder dies) waits and then reads it.
     """
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     path = Path(directory or cache_dir()) / f"{kind}-{digest[:24]}.pt"
-    if path.is_file():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - any unreadable cache entry is recomputed
-            pass
-    value = compute()
-    buf = io.BytesIO()
-    torch.save(value, buf)
-    with atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
+    value = _load_entry(path)
+    if value is not None:
+        return value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One process computes an entry while the others that want it wait, then read it (pytest
+    # workers, torchrun ranks and chapters run side by side share one cache).
+    with FileLock(f"{path}.lock"):
+        value = _load_entry(path)
+        if value is None:
+            value = compute()
+            buf = io.BytesIO()
+            torch.save(value, buf)
+            with atomic_write(path, "wb") as f:
+                f.write(buf.getvalue())
     return value
+
+
+def _load_entry(path: Path):
+    """A cache entry's tensors, or None if the file is missing or cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable cache entry is recomputed
+        return None
 
 
 def encoder_in(encoder: nn.Module, dtype: torch.dtype, device) -> nn.Module:
@@ -155,12 +173,25 @@ def _precision_key(dtype: torch.dtype, significant_bits: int | None) -> dict[str
     return {"dtype": str(dtype), "significant_bits": significant_bits}
 
 
-def _file_stamp(path: Path) -> list[Any]:
+#: Content digests of audio files already read by this process, by (path, size, mtime, inode).
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _file_digest(path: Path) -> list[Any]:
+    """``[size, sha256]`` of a file's bytes (``[None, None]`` if it cannot be read).
+
+    The bytes, not the path or mtime: a fresh clone that rebuilds the same data, or the same
+    data in another directory, finds the features it already computed.
+    """
     try:
         st = path.stat()
-        return [str(path), st.st_size, st.st_mtime_ns]
+        memo = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        if memo not in _DIGESTS:
+            with open(path, "rb") as f:
+                _DIGESTS[memo] = hashlib.file_digest(f, "sha256").hexdigest()
+        return [st.st_size, _DIGESTS[memo]]
     except OSError:
-        return [str(path), None, None]
+        return [None, None]
 
 
 def _clips_key(encoder: nn.Module, dataset, dtype: torch.dtype, significant_bits: int | None,
@@ -171,7 +202,7 @@ def _clips_key(encoder: nn.Module, dataset, dtype: torch.dtype, significant_bits
     return {"encoder": encoder_fingerprint(encoder), **extra,
             "frontend": repr(dataset.config),
             "precision": _precision_key(dtype, significant_bits),
-            "clips": [[r.clip_id] + _file_stamp(resolve_audio_path(r, dataset.root))
+            "clips": [[r.clip_id] + _file_digest(resolve_audio_path(r, dataset.root))
                       for r in dataset.records]}
 
 
