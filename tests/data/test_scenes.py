@@ -8,7 +8,6 @@ have the stored level.
 from __future__ import annotations
 
 import json
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -306,9 +305,8 @@ def test_second_build_does_nothing_and_pool_change_rebuilds(pool, tmp_path, monk
     bs.build("ci", out, pool_dir=pool, scenes=40)
     stamp = (out / bl.BUILD_INFO).stat().st_mtime_ns
     monkeypatch.setattr(bs, "load_pool", lambda *a, **k: pytest.fail("must not rebuild"))
-    t0 = time.time()
-    bs.build("ci", out, pool_dir=pool, scenes=40)
-    assert time.time() - t0 < 2 and (out / bl.BUILD_INFO).stat().st_mtime_ns == stamp
+    bs.build("ci", out, pool_dir=pool, scenes=40)   # no pool read (above), no file written
+    assert (out / bl.BUILD_INFO).stat().st_mtime_ns == stamp
     with pytest.raises(BaseException, match="must not rebuild"):
         bs.build("ci", out, pool_dir=pool, scenes=41)   # other settings: rebuild
 
