@@ -2,7 +2,7 @@
 # Build the stand-in datasets into $MLTM_DATA (default <repo>/data), validate every
 # manifest, and write results/data/stats_<mode>.json.
 #
-#   bash data_scripts/build_all.sh ci     # debsfx-ci, instruments-ci, tuxpaint-zs, edusounds-zs, debsfx-scenes-ci
+#   bash data_scripts/build_all.sh ci     # debsfx-ci, instruments-ci (and -mini), tuxpaint-zs, edusounds-zs, debsfx-scenes-ci
 #   bash data_scripts/build_all.sh full   # debsfx, instruments, the zero-shot sets, sfxpool, debsfx-scenes
 #
 # Needs a Debian-like system with apt-get/dpkg-deb (packages are downloaded with
@@ -31,6 +31,7 @@ done
 if [[ "$mode" == ci ]]; then
     steps=("debsfx-ci|build_debsfx.py|--size ci"
            "instruments-ci|build_instruments.py|--size ci"
+           "instruments-mini|build_instruments.py|--size mini"
            "tuxpaint-zs|build_tuxpaint_zeroshot.py|--size ci"
            "edusounds-zs|build_edusounds_zeroshot.py|--size ci"
            "debsfx-scenes-ci|build_scenes.py|--size ci")

@@ -29,10 +29,12 @@ value of a test clip is seen in training (compositional generalisation). Several
 share a combination (different start pitch and jitter); they share a split. The manifest's
 ``group`` field holds the combination.
 
-SoundFonts: ``--size ci`` uses ``timgm6mb-soundfont`` (TimGM6mb.sf2, 6 MB, GPL-2),
+SoundFonts: ``--size ci`` (1,200 phrases) and ``--size mini`` (its first 256 phrases, the
+retrieval chapter's CI-size set) use ``timgm6mb-soundfont`` (TimGM6mb.sf2, 6 MB, GPL-2),
 ``--size full`` ``fluid-soundfont-gm`` (FluidR3_GM.sf2, 148 MB, MIT).
 
-Usage: ``python data_scripts/build_instruments.py --size {ci,full} [--num-clips N] [--out DIR]``
+Usage:
+``python data_scripts/build_instruments.py --size {ci,mini,full} [--num-clips N] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ CLIP_SECONDS = 4.0
 SIZES = {
     "ci": dict(package="timgm6mb-soundfont", sf2="TimGM6mb.sf2", num_clips=1200,
                name="instruments-ci", license="GPL-2", upstream="https://sourceforge.net/projects/timidity/"),
+    # the first 256 phrases of "ci" (same draws): the retrieval chapter's CI-size second caption
+    # set, small enough to encode in float64 within CI's time budget (instruments-ci: 4,764 s of
+    # audio, about 7 minutes on 2 cores)
+    "mini": dict(package="timgm6mb-soundfont", sf2="TimGM6mb.sf2", num_clips=256,
+                 name="instruments-mini", license="GPL-2",
+                 upstream="https://sourceforge.net/projects/timidity/"),
     "full": dict(package="fluid-soundfont-gm", sf2="FluidR3_GM.sf2", num_clips=20000,
                  name="instruments", license="MIT", upstream="http://www.hammersound.net/"),
 }
