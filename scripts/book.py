@@ -34,6 +34,12 @@ BOOK = ROOT / "book"
 CHAPTERS = BOOK / "chapters"
 GOLDEN = BOOK / "golden"
 BUILD = ROOT / "_build"
+#: MathJax 3 from npm (package.json / package-lock.json; ``npm ci`` in scripts/setup.sh).
+MATHJAX = ROOT / "node_modules" / "mathjax" / "es5"
+#: What the book serves of it: the combined component that Sphinx loads (``mathjax_path`` in
+#: _config.yml) and the folders it loads on demand (TeX extensions, CHTML fonts, the menu and
+#: its accessibility parts); the other combined components are left out.
+MATHJAX_PARTS = ("tex-mml-chtml.js", "a11y", "adaptors", "input", "output", "sre", "ui")
 
 
 def chapter_sources(names: list[str] | None = None) -> list[Path]:
@@ -112,6 +118,26 @@ def check_goldens() -> list[str]:
     return problems
 
 
+def stage_mathjax(stage: Path) -> None:
+    """Copy MathJax into ``stage/_mathjax/mathjax``, served as ``_static/mathjax`` by the book.
+
+    _config.yml sets ``html_static_path: [_mathjax]`` and ``mathjax_path:
+    mathjax/tex-mml-chtml.js``, so the pages load MathJax from the book itself and their
+    formulas render offline (the default is a CDN). It is not in a ``_static`` folder, since
+    jupyter-book adds every ``.js`` file there to every page.
+    """
+    if not (MATHJAX / MATHJAX_PARTS[0]).is_file():
+        raise SystemExit(f"{MATHJAX / MATHJAX_PARTS[0]} not found: the book serves MathJax "
+                         "from node_modules; run `bash scripts/setup.sh` (it runs `npm ci`)")
+    dest = stage / "_mathjax" / "mathjax"
+    dest.mkdir(parents=True)
+    for part in MATHJAX_PARTS:
+        if (MATHJAX / part).is_dir():
+            shutil.copytree(MATHJAX / part, dest / part)
+        else:
+            shutil.copy2(MATHJAX / part, dest / part)
+
+
 def build(executed: Path) -> None:
     """Build the HTML book from executed notebooks, with warnings as errors."""
     stage = BUILD / "stage"
@@ -120,6 +146,7 @@ def build(executed: Path) -> None:
     shutil.copytree(BOOK, stage / "book", ignore=shutil.ignore_patterns("golden", "_build"))
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(ROOT / name, stage / name)
+    stage_mathjax(stage)
     for chapter in chapter_sources():
         nb_path = executed / f"{chapter.stem}.ipynb"
         if not nb_path.exists():

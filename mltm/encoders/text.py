@@ -17,6 +17,7 @@ tokenizer files) works the same way: ``TextEncoder("/path/to/bert-base-uncased")
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -34,6 +35,23 @@ _DROPOUT_ATTRS = (
     ("hidden_dropout_prob", "attention_probs_dropout_prob"),  # BERT, RoBERTa, MPNet, ...
     ("dropout", "attention_dropout"),  # DistilBERT, BART-style
 )
+
+
+def _import_transformers():
+    """Import ``transformers`` without the "IProgress not found" warning in a notebook.
+
+    Importing transformers imports ``huggingface_hub.utils.tqdm``, which imports ``tqdm.auto``;
+    in a Jupyter kernel without ipywidgets, ``tqdm.auto`` warns ``TqdmWarning: IProgress not
+    found`` on stderr and falls back to the console bar, so every chapter that builds a text
+    encoder showed that warning. mltm loads local models only and switches transformers' bars
+    off while loading (below), so no bar of theirs is ever drawn: the warning is noise.
+    """
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+        import transformers
+    return transformers
 
 
 def default_text_encoder_path() -> Path:
@@ -90,6 +108,7 @@ class TextEncoder(nn.Module):
         dropout: float | None = None,
     ) -> None:
         super().__init__()
+        _import_transformers()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         if pooling not in ("cls", "mean"):

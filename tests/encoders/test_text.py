@@ -152,3 +152,25 @@ def test_inputs_follow_the_model_to_its_device(mean_encoder, device):
             mean_encoder.to("cpu")
     assert out.device.type == device.type
     torch.testing.assert_close(out.cpu(), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_importing_transformers_warns_nothing_in_a_notebook():
+    # transformers imports tqdm.auto (through huggingface_hub), which warns "IProgress not
+    # found" in a Jupyter kernel without ipywidgets: six chapters printed it (issue 13). A fresh
+    # interpreter with ipykernel's shell imported is what tqdm.auto takes for a kernel.
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    kernel = "import ipykernel.zmqshell\n"
+    direct = subprocess.run([sys.executable, "-c", kernel + "import transformers"],
+                            capture_output=True, text=True, timeout=300, cwd=root)
+    assert "IProgress not found" in direct.stderr, "the set-up no longer shows the warning"
+    code = (kernel + "from mltm.encoders.text import _import_transformers\n"
+            "_import_transformers()\n"
+            "from transformers import AutoConfig, AutoModel, AutoTokenizer\n"
+            "print('imported')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=root)
+    assert out.returncode == 0 and "imported" in out.stdout, out.stderr[-2000:]
+    assert "IProgress" not in out.stderr, out.stderr[-2000:]
