@@ -13,10 +13,10 @@ interface, :class:`BatchSource`:
   step, under bfloat16 autocast on a GPU; validation and test encode their split again
   with the model's (trained) encoders.
 
-A source is made by :func:`make_source` from the config, then :meth:`BatchSource.prepare`\\ d
-once per run. Each epoch, :meth:`BatchSource.batches` gives the epoch's batches (they depend
-only on ``(seed, epoch)``, which is what makes ``--resume`` exact) and
-:meth:`BatchSource.step_embeddings` turns one into ``(audio, text, clip ids)``.
+:func:`make_source` picks the source of a config; the trainer calls
+:meth:`BatchSource.prepare` once per run. Each epoch, :meth:`BatchSource.batches` gives the
+epoch's batches (they depend only on ``(seed, epoch)``, which is what makes ``--resume``
+exact) and :meth:`BatchSource.step_embeddings` turns one into ``(audio, text, clip ids)``.
 """
 
 from __future__ import annotations
