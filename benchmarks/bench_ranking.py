@@ -63,7 +63,8 @@ def gallery(n: int, dim: int, seed: int = 0):
 
 def child(args) -> int:
     """One ranking run; prints a JSON line and saves the top-k indices to --save."""
-    from mltm.retrieval import _scores_from_cost, cosine_distance, pairwise_cost, plan_topk
+    from mltm.costs import cosine_distance
+    from mltm.retrieval import _scores_from_cost, pairwise_cost, plan_topk
 
     audio, text = gallery(args.n, args.dim)
     rss0 = _status_kib("VmRSS")

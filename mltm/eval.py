@@ -32,17 +32,17 @@ import torch
 
 from mltm._atomic import atomic_write
 from mltm._cli import add_debug_flag, run_cli
-from mltm.provenance import provenance
-from mltm.train import (
+from mltm.checkpoint import load_checkpoint
+from mltm.evaluation import (
     encode_captions,
     encode_split,
+    encoding_precision,
     evaluate_embeddings,
-    feature_precision,
-    load_checkpoint,
     project_evalset,
-    resolve_device,
     sequence_outputs,
 )
+from mltm.factory import frozen_encoders, resolve_device
+from mltm.provenance import provenance
 
 __all__ = ["evaluate_checkpoint", "main"]
 
@@ -69,10 +69,9 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zerosho
     root, split = _manifest_parts(manifest)  # before the (slower) checkpoint and encoders
     cfg, model, loss, ckpt = load_checkpoint(checkpoint, device=dev)
     eps = cfg.eval.plan_eps if eps is None else eps
-    frozen = cfg.model.freeze_audio and cfg.model.freeze_text
+    frozen = frozen_encoders(cfg)
     # frozen encoders: the precision the model was trained on (the portable cached features)
-    precision = (feature_precision(cfg) if frozen
-                 else {"dtype": torch.float32, "significant_bits": None})
+    precision = encoding_precision(cfg)
     es = encode_split(root, split, model.audio_encoder, model.text_encoder,
                       max_seconds=cfg.data.max_seconds, device=dev, cache=frozen, **precision,
                       **sequence_outputs(cfg))

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mltm.costs import cosine_distance
 from mltm.metric import MahalanobisCost
 from mltm.ot import partial_sinkhorn, sinkhorn
-from mltm.retrieval import cosine_distance
 
 __all__ = [
     "MatchingLoss",
@@ -43,7 +43,6 @@ __all__ = [
     "ContrastiveEntropicLoss",
     "target_plan",
     "same_clip_mask",
-    "cosine_distance",
     "build_loss",
     "LOSSES",
 ]

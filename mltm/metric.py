@@ -24,7 +24,8 @@ retrieval ranks by. It comes in four parameterisations (``kind``):
 
 **Cost without a b×b×d tensor.** The released code materialises the pairwise differences
 (three b×b×1024 tensors in training and N×5N×1024 float64 tensors in evaluation). Here the
-squared distance is expanded, ``xᵀMx + yᵀMy − 2 xᵀMy``, which is two matrix products:
+squared distance is expanded, ``xᵀMx + yᵀMy − 2 xᵀMy`` (:mod:`mltm.costs`, which holds the
+pairwise formulas; this module holds M), which is two matrix products:
 O(b·d² + b²·d) time and O(b² + b·d) memory. The expansion can come out slightly negative
 through cancellation; it is clamped at 0, and the square root has a **safe gradient**: 0 where
 the distance is 0 (x = y), instead of the infinite derivative of ``sqrt`` at 0 that would turn
@@ -38,6 +39,8 @@ from typing import Literal
 
 import torch
 from torch import nn
+
+from mltm.costs import safe_sqrt, squared_mahalanobis_distance
 
 __all__ = [
     "MahalanobisCost",
@@ -54,19 +57,6 @@ MetricInit = Literal["identity", "paper"]
 
 _KINDS = ("full", "lowrank", "diagonal", "euclidean")
 _INITS = ("identity", "paper")
-
-
-def safe_sqrt(x: torch.Tensor, tiny: float | None = None) -> torch.Tensor:
-    """``sqrt(max(x, 0))`` whose gradient is 0 (not inf/NaN) where ``x <= tiny``.
-
-    ``torch.where`` alone is not enough: the unselected branch's gradient is multiplied by
-    0, and ``0 * inf = NaN``. So the square root is taken of ``max(x, tiny)``, which has a
-    finite derivative everywhere, and the result is masked afterwards.
-    """
-    if tiny is None:
-        tiny = torch.finfo(x.dtype).tiny ** 0.5 if x.is_floating_point() else 1e-30
-    positive = x > tiny
-    return torch.where(positive, x.clamp_min(tiny).sqrt(), torch.zeros_like(x))
 
 
 def _symmetric_part(A: torch.Tensor) -> torch.Tensor:
@@ -307,7 +297,11 @@ class MahalanobisCost(nn.Module):
     # -- the cost ---------------------------------------------------------------------------
 
     def squared_distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``(x_i - y_j)ᵀ M (x_i - y_j)`` for all pairs, clamped at 0; shape (..., n, m)."""
+        """``(x_i - y_j)ᵀ M (x_i - y_j)`` for all pairs, clamped at 0; shape (..., n, m).
+
+        The square of eq. 9 with this module's M, by
+        :func:`mltm.costs.squared_mahalanobis_distance` (no (n, m, d) tensor).
+        """
         if x.shape[-1] != self.dim or y.shape[-1] != self.dim:
             raise ValueError(
                 f"embeddings have dimension {x.shape[-1]} and {y.shape[-1]}, the metric was "
@@ -318,21 +312,16 @@ class MahalanobisCost(nn.Module):
                 f"x and y must both be (n, d) or both (B, n, d); got shapes "
                 f"{tuple(x.shape)} and {tuple(y.shape)}"
             )
-        if self.kind == "lowrank":
+        if self.kind == "lowrank":  # M = L Lᵀ: the Euclidean distance between x L and y L
             x, y = x @ self.L.to(x.dtype), y @ self.L.to(y.dtype)
-            Mx, My = x, y
+            M = None
         elif self.kind == "full":
             M = self.matrix.to(x.dtype)
-            Mx, My = x @ M, y @ M
         elif self.kind == "diagonal":
-            w = self.weight.to(x.dtype)
-            Mx, My = x * w, y * w
+            M = self.weight.to(x.dtype)
         else:
-            Mx, My = x, y
-        xx = (Mx * x).sum(-1).unsqueeze(-1)  # (..., n, 1)
-        yy = (My * y).sum(-1).unsqueeze(-2)  # (..., 1, m)
-        xy = Mx @ y.transpose(-1, -2)  # (..., n, m)
-        return (xx + yy - 2.0 * xy).clamp_min(0.0)
+            M = None
+        return squared_mahalanobis_distance(x, y, M)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The cost matrix: :meth:`squared_distance`, or its square root unless ``squared``."""

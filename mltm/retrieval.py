@@ -59,13 +59,12 @@ from typing import Callable, Literal, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from mltm.costs import cosine_distance, cosine_distance_normalized
 from mltm.numerics import round_to_grid
 from mltm.ot import sinkhorn_log
 from mltm.ot.streamed import StreamedSinkhornResult, streamed_sinkhorn_potentials
 
 __all__ = [
-    "cosine_distance",
-    "euclidean_distance",
     "pairwise_cost",
     "ranks_from_scores",
     "average_precision_at_k",
@@ -84,22 +83,6 @@ RankBy = Literal["distance", "plan"]
 # Rows of a score matrix ranked at once: chunk_rows * gallery_size stays below this.
 _RANK_CHUNK_ELEMENTS = 1 << 22
 _DEFAULT_SINKHORN = {"tol": 1e-6, "max_iter": 100_000}
-
-
-# ---------------------------------------------------------------------------------------------
-# Costs
-
-
-def cosine_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``1 - cos(x_i, y_j)``, shape (n, m), in [0, 2]. Zero vectors count as orthogonal."""
-    xn = torch.nn.functional.normalize(x, dim=-1)
-    yn = torch.nn.functional.normalize(y, dim=-1)
-    return 1.0 - xn @ yn.transpose(-2, -1)
-
-
-def euclidean_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``||x_i - y_j||_2``, shape (n, m)."""
-    return torch.cdist(x, y)
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -147,7 +130,7 @@ def pairwise_cost(
 
     Args:
         cost: Callable ``(x (c, d), y (m, d)) -> (c, m)`` distances (smaller = more similar),
-            e.g. :func:`cosine_distance` or a learned Mahalanobis distance.
+            e.g. :func:`mltm.costs.cosine_distance` or a learned Mahalanobis distance.
         x: Row embeddings, shape (n, d).
         y: Column embeddings, shape (m, d).
         chunk_size: Rows of ``x`` per call.
@@ -500,16 +483,6 @@ class PlanTopK(NamedTuple):
     potentials: StreamedSinkhornResult
 
 
-def _cosine_of_normalized(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``1 - x y^T`` for rows already of unit norm: :func:`cosine_distance` without renormalising.
-
-    The subtraction is done in place (``addmm`` into ones is slower on the CPU: it first
-    copies the ones into the output).
-    """
-    P = x @ y.transpose(-2, -1)
-    return torch.sub(torch.ones((), dtype=P.dtype, device=P.device), P, out=P)
-
-
 def plan_topk(
     audio: torch.Tensor,
     text: torch.Tensor,
@@ -538,8 +511,8 @@ def plan_topk(
         audio: (N, d) clip embeddings (the plan's rows).
         text: (M, d) caption embeddings (its columns), same device.
         k: Items to return per query (at most the gallery size).
-        cost: ``(x (r, d), y (s, d)) -> (r, s)`` distance; :func:`cosine_distance` (default),
-            :func:`euclidean_distance` or any callable of that form.
+        cost: ``(x (r, d), y (s, d)) -> (r, s)`` distance; :func:`mltm.costs.cosine_distance`
+            (default), :func:`mltm.costs.euclidean_distance` or any callable of that form.
         eps: Entropic regularisation, in the cost's units.
         direction: ``"t2a"``: each caption ranks the clips (Q = M, gallery N); ``"a2t"``:
             each clip ranks the captions (Q = N, gallery M).
@@ -568,7 +541,7 @@ def plan_topk(
     if cost is cosine_distance:  # normalise once, not once per block
         x = torch.nn.functional.normalize(x, dim=-1)
         y = torch.nn.functional.normalize(y, dim=-1)
-        cost_fn = _cosine_of_normalized
+        cost_fn = cosine_distance_normalized
     if potentials is None:
         potentials = streamed_sinkhorn_potentials(
             x, y, cost_fn, eps, tol=tol, max_iter=max_iter, check_every=check_every,

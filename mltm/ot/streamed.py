@@ -130,7 +130,7 @@ def streamed_sinkhorn_potentials(
         x: Row embeddings (N, d), e.g. audio clips.
         y: Column embeddings (M, d), e.g. captions; same device.
         cost_fn: ``(x_block (r, d), y (M, d)) -> (r, M)`` cost block, smaller = more
-            similar, e.g. :func:`mltm.retrieval.cosine_distance`. Called under ``no_grad``.
+            similar, e.g. :func:`mltm.costs.cosine_distance`. Called under ``no_grad``.
         eps: Entropic regularisation ε > 0, in the cost's units.
         a: Row marginal (N,), positive, summing to 1. Default uniform.
         b: Column marginal (M,), positive, summing to 1. Default uniform.

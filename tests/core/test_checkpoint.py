@@ -12,17 +12,17 @@ import pytest
 import torch
 
 from mltm.config import config_from_dict
-from mltm.model import build_model
-from mltm.train import (
+from mltm.checkpoint import (
     CHECKPOINT_FORMAT,
-    _checkpoint_payload,
-    _rng_state,
-    _set_rng_state,
-    build_loss_from_config,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
+from mltm.checkpoint import checkpoint_payload as _checkpoint_payload
+from mltm.checkpoint import rng_state as _rng_state
+from mltm.checkpoint import set_rng_state as _set_rng_state
+from mltm.factory import build_loss_from_config
+from mltm.model import build_model
 
 
 class _Exploit:

@@ -7,7 +7,8 @@ import torch
 
 import mltm.retrieval as retrieval
 from mltm.ot import sinkhorn_log
-from mltm.retrieval import cosine_distance, euclidean_distance, pairwise_cost, plan_topk
+from mltm.costs import cosine_distance, euclidean_distance
+from mltm.retrieval import pairwise_cost, plan_topk
 
 F64 = torch.float64
 

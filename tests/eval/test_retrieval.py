@@ -11,10 +11,9 @@ import pytest
 import torch
 
 import mltm.retrieval as retrieval
+from mltm.costs import cosine_distance, euclidean_distance
 from mltm.retrieval import (
     average_precision_at_k,
-    cosine_distance,
-    euclidean_distance,
     modality_gap,
     pairwise_cost,
     prompt_for,

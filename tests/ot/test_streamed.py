@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mltm.ot import ConvergenceWarning, sinkhorn_log, streamed_sinkhorn_potentials
-from mltm.retrieval import cosine_distance, euclidean_distance
+from mltm.costs import cosine_distance, euclidean_distance
 
 F64 = torch.float64
 
