@@ -246,9 +246,12 @@ def training_pairs(data: EncodedDataset, config: TrainConfig) -> TrainingPairs:
                          labels=labels)
 
 
-def initial_model(data: EncodedDataset, config: TrainConfig) -> tuple[nn.Module, nn.Module]:
-    """``(model, loss)`` of ``config`` at initialisation: the weights and M a run starts from."""
-    return _from_trainer(data.trainer(config), "initial")
+def initial_model(data: EncodedDataset, config: TrainConfig,
+                  device: str | torch.device = "cpu") -> tuple[nn.Module, nn.Module]:
+    """``(model, loss)`` of ``config`` at initialisation, on ``device``: the weights and M a run
+    starts from (seeded as :meth:`mltm.train.Trainer.run` seeds them)."""
+    model, loss = _from_trainer(data.trainer(config), "initial")
+    return model.to(device), loss.to(device)
 
 
 # -- a grid of runs ---------------------------------------------------------------------------
