@@ -15,6 +15,8 @@ Transportation" (ICLR 2024). One module per concept:
   with gradients so the plan spans the global batch, sharded batches, gradient averaging).
 - :mod:`mltm.records`, :mod:`mltm.provenance`: recorded experiment runs with the commit,
   configuration, device and date that produced them.
+- :mod:`mltm.experiments`: the book's experiment grids: encode a dataset once, run and record
+  each run resumably, tidy tables of the records, this execution beside the recorded run.
 """
 
 __version__ = "0.1.0"

@@ -125,7 +125,16 @@ class BatchSource:
 
 
 class CachedFeatureSource(BatchSource):
-    """Frozen encoders: batches are rows of the cached encoder outputs (the fast path)."""
+    """Frozen encoders: batches are rows of the cached encoder outputs (the fast path).
+
+    After :meth:`prepare`:
+
+    Attributes:
+        clip_row: (P,) each pair's row of the train :class:`EvalSet` (-1: audio not decoded).
+        pair_text: ``(values, lengths)`` encoder outputs of the distinct pair captions
+            (possibly corrupted by ``data.noise``); ``lengths`` is None for pooled outputs.
+        pair_text_row: (P,) each pair's row of ``pair_text``.
+    """
 
     @property
     def param_dtype(self) -> torch.dtype:
@@ -143,15 +152,15 @@ class CachedFeatureSource(BatchSource):
         tr = self.splits.evalset("train")
         # map dataset clip index -> row of the (valid-only) EvalSet
         row_of = {cid: i for i, cid in enumerate(tr.clip_ids)}
-        self._clip_row = torch.tensor([row_of.get(r.clip_id, -1) for r in self.pairs.records])
+        self.clip_row = torch.tensor([row_of.get(r.clip_id, -1) for r in self.pairs.records])
         # text features of the distinct (possibly corrupted) pair captions, and each pair's row
         uniq = sorted(set(self.pairs.pair_captions))
-        self._pair_text = encode_captions(self.splits.encoders()[1], uniq,
+        self.pair_text = encode_captions(self.splits.encoders()[1], uniq,
                                           self.splits.outputs["text_outputs"],
                                           device=self.device, progress=self.cfg.progress,
                                           use_cache=True, **self.splits.precision)
         pos = {t: i for i, t in enumerate(uniq)}
-        self._pair_text_row = torch.tensor([pos[t] for t in self.pairs.pair_captions])
+        self.pair_text_row = torch.tensor([pos[t] for t in self.pairs.pair_captions])
         self.splits.evalset("val")
 
     def build_model(self) -> AudioTextModel:
@@ -170,12 +179,12 @@ class CachedFeatureSource(BatchSource):
         """The heads applied to the cached outputs of the batch's pairs."""
         clip = torch.as_tensor(self.pairs.pair_clip[batch])
         tr = self.splits.evalset("train")
-        rows = self._clip_row[clip]
+        rows = self.clip_row[clip]
         ok = rows >= 0  # clips whose audio could not be decoded are left out
         dtype = self.param_dtype
         audio = take_rows(tr.audio, tr.audio_lengths, rows[ok], self.device, dtype)
-        text_rows = self._pair_text_row[torch.as_tensor(batch)[ok]]
-        text = take_rows(*self._pair_text, text_rows, self.device, dtype)
+        text_rows = self.pair_text_row[torch.as_tensor(batch)[ok]]
+        text = take_rows(*self.pair_text, text_rows, self.device, dtype)
         return model.project_audio(*audio), model.project_text(*text), clip[ok].to(self.device)
 
     def validation_set(self, model):

@@ -282,6 +282,18 @@ class Trainer:
         results = self._test(source, t_start, history, best) if main else None
         return distributed.broadcast_object(results)
 
+    def training_source(self) -> BatchSource:
+        """The config's prepared batch source: its training pairs (noise included) and, on the
+        fast path, their encoder outputs (:class:`mltm.sources.CachedFeatureSource`)."""
+        source = make_source(self.cfg, self.splits, self.device)
+        source.prepare()
+        return source
+
+    def initial_state(self, source: BatchSource | None = None):
+        """``(model, loss, optimiser)`` as a run of this config starts: seeded from
+        ``config.seed``, before the first step."""
+        return self._build(source or self.training_source())
+
     def _build(self, source: BatchSource):
         """A freshly seeded model (from the source), its loss and the hybrid optimiser."""
         cfg = self.cfg

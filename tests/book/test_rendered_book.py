@@ -33,11 +33,10 @@ from tests._assets import REPO, missing
 
 PAGES = book_pages(HTML)
 MATHJAX = HTML / "_static" / "mathjax" / "tex-mml-chtml.js"
-#: Chapters that still print their result tables with ``print(df.to_string())`` (issue 13:
-#: the chapters are being rewritten to show HTML tables). Strict: once a chapter shows its
-#: tables as HTML, its test passes, which fails here until the page is taken off this list.
-TEXT_TABLES_TODO = {"ot_sinkhorn", "data", "mahalanobis", "retrieval", "zeroshot",
-                    "noisy_correspondence", "released_code"}
+#: Chapters that still print their result tables with ``print(df.to_string())``; none since
+#: issue 13 (every chapter displays its tables as DataFrames). Strict: a page listed here whose
+#: tables are HTML fails until it is taken off the list.
+TEXT_TABLES_TODO: set[str] = set()
 
 
 def page_id(page: Path) -> str:
