@@ -160,8 +160,6 @@ class Trainer:
         """The ``(audio, text)`` encoders of the config's model (built on first use)."""
         return self.splits.encoders()
 
-    _encoders = encoders  # the name chapters used before it was public
-
     def evalset(self, split: str) -> EvalSet:
         """Encoder outputs of a split (cached on disk when the encoders are frozen)."""
         return self.splits.evalset(split)

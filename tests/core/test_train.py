@@ -43,7 +43,7 @@ def small_config(data_root: Path, out: Path, **overrides) -> TrainConfig:
 def shared_evalsets(data_root, tmp_path_factory):
     """Encoder outputs of train/val/test computed once for the module (and cached on disk)."""
     t = Trainer(small_config(data_root, tmp_path_factory.mktemp("warm")))
-    return {s: t.evalset(s) for s in ("train", "val", "test")}, t._encoders()
+    return {s: t.evalset(s) for s in ("train", "val", "test")}, t.encoders()
 
 
 def run(cfg, shared, resume=False):
@@ -166,7 +166,7 @@ def test_end_to_end_fine_tuning_path_runs(data_root, tmp_path):
     cfg = small_config(data_root, tmp_path, **{
         "model.freeze_audio": False, "model.freeze_text": False, "optim.batch_size": 4,
         "optim.epochs": 1, "optim.max_steps_per_epoch": 2, "data.max_seconds": 1.0})
-    before = {k: v.clone() for k, v in Trainer(cfg)._encoders()[0].state_dict().items()}
+    before = {k: v.clone() for k, v in Trainer(cfg).encoders()[0].state_dict().items()}
     res = Trainer(cfg).run()
     ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
     assert ckpt["history"][0]["steps"] == 2
