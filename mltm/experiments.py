@@ -45,6 +45,8 @@ from mltm.records import Records, load_records
 from mltm.train import EvalSet, Trainer
 
 __all__ = [
+    "GRID_SIZES",
+    "grid_settings",
     "RepoPaths",
     "repo_paths",
     "train_config",
@@ -100,6 +102,28 @@ def repo_paths(start: str | os.PathLike | None = None) -> RepoPaths:
             return RepoPaths(root=folder, data=Path(data) if data else folder / "data")
     raise FileNotFoundError(f"no _toc.yml in {here} or any folder above it: run the chapter "
                             "from inside the mltm repository")
+
+
+#: Run sizes shared by the book's grid chapters, by chapter configuration: joint space, head
+#: width, batch, epochs, seeds and the Sinkhorn iteration cap of training (``ci``: CI on a CPU;
+#: ``cpu``: the recorded runs; ``full``: a GPU).
+GRID_SIZES: dict[str, dict[str, Any]] = {
+    "ci": dict(joint=64, hidden=128, batch=32, epochs=6, seeds=(0,), max_iter=30),
+    "cpu": dict(joint=256, hidden=512, batch=64, epochs=10, seeds=(0, 1, 2), max_iter=1000),
+    "full": dict(joint=256, hidden=512, batch=64, epochs=20, seeds=(0, 1, 2), max_iter=1000),
+}
+
+
+def grid_settings(config: str, dataset: str) -> dict[str, Any]:
+    """``{"dataset": dataset, **GRID_SIZES[config]}``: a grid chapter's settings (a fresh dict).
+
+    Raises:
+        ValueError: ``config`` is not one of :data:`GRID_SIZES`.
+    """
+    if config not in GRID_SIZES:
+        raise ValueError(f"unknown chapter configuration {config!r}; use one of "
+                         f"{sorted(GRID_SIZES)}")
+    return {"dataset": dataset, **GRID_SIZES[config]}
 
 
 def train_config(dataset: str | os.PathLike, *, loss: dict[str, Any], seed: int,

@@ -252,3 +252,16 @@ def test_initial_model_is_seeded_like_a_run(data_root, encoded):
     assert not torch.equal(next(iter(other.state_dict().values())),
                            next(iter(model.state_dict().values())))
     assert json.dumps(sorted(model.state_dict())) == json.dumps(sorted(again.state_dict()))
+
+
+def test_grid_settings_are_fresh_dicts_and_unknown_configurations_are_named():
+    from mltm.experiments import GRID_SIZES, grid_settings
+
+    ci = grid_settings("ci", "debsfx-ci")
+    assert list(ci) == ["dataset", "joint", "hidden", "batch", "epochs", "seeds", "max_iter"]
+    assert ci["dataset"] == "debsfx-ci" and ci["seeds"] == (0,) and ci["max_iter"] == 30
+    ci["joint"] = 1
+    assert GRID_SIZES["ci"]["joint"] == 64  # the shared sizes are not changed through a copy
+    with pytest.raises(ValueError, match=r"unknown chapter configuration 'gpu'; use one of "
+                                         r"\['ci', 'cpu', 'full'\]"):
+        grid_settings("gpu", "debsfx")
