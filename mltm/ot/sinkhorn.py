@@ -28,7 +28,9 @@ same iterates are computed faster: on a CPU by the stabilised absorbed iteration
 ``backend="kernel"``) by Algorithm 2 itself on ``K = exp(-(C - min C)/eps)`` when its range is
 safe (:func:`_iterate_kernel`, matrix-vector products, checks every ``check_every``
 iterations, absorption and rollback to the stabilised path), else by the stabilised absorbed
-iteration (:func:`_iterate_absorbed`); on a GPU by fused kernels.
+iteration (:func:`_iterate_absorbed`); on a GPU by fused kernels. On a CPU
+``backend="kernel"`` also takes the conjugate-gradient implicit backward
+(``sinkhorn_plan_vjp(..., solver="cg")``).
 """
 
 from __future__ import annotations
@@ -386,13 +388,17 @@ class _ImplicitSinkhorn(torch.autograd.Function):
         info.update(log_u=log_u, log_v=log_v, n_iter=n_iter, err=err, history=history)
         ctx.save_for_backward(P)
         ctx.eps = eps
+        # The opt-in kernel path also takes the iterative backward on the CPU (one host read
+        # per iteration); "auto" keeps the dense solve, so that the recorded runs and goldens
+        # keep their numbers.
+        ctx.vjp_solver = "cg" if backend == "kernel" and not C.is_cuda else "dense"
         return P
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, G):
         (P,) = ctx.saved_tensors
-        grad_C, grad_a, grad_b = sinkhorn_plan_vjp(P, G, ctx.eps)
+        grad_C, grad_a, grad_b = sinkhorn_plan_vjp(P, G, ctx.eps, solver=ctx.vjp_solver)
         # The function takes log-marginals: d/dlog a = a * d/da, with a = P 1 at the solution.
         grad_log_a = grad_a * P.sum(-1) if ctx.needs_input_grad[1] else None
         grad_log_b = grad_b * P.sum(-2) if ctx.needs_input_grad[2] else None
@@ -512,12 +518,16 @@ def sinkhorn(
             matrix-vector product per half-step and one host synchronisation per
             ``check_every`` iterations; used when ``(max C - min C)/eps`` is at most 30
             (float32) or 80 (float64), otherwise (and after a numerical blow-up, rolled back
-            to the last check) ``"absorbed"`` takes over. ``"absorbed"``: the log-domain
-            iteration with the scalings absorbed into a stabilised kernel and checked every
-            iteration, for any cost range. ``"cuda_graph"``: fused Triton kernels replayed
-            from a CUDA graph. ``"auto"`` (default): ``cuda_graph`` on a GPU, ``absorbed`` on a
-            CPU (``kernel`` is opt-in: about 2x faster forward, not yet the default so the
-            recorded runs keep their numbers). All give the log-domain iterates up to rounding
+            to the last check) ``"absorbed"`` takes over. On the CPU ``"kernel"`` also
+            selects the conjugate-gradient implicit backward
+            (``sinkhorn_plan_vjp(..., solver="cg")``), which for the m-LTM loss skips the
+            dense Schur-complement solve (same gradient to rounding). ``"absorbed"``: the
+            log-domain iteration with the scalings absorbed into a stabilised kernel and
+            checked every iteration, for any cost range. ``"cuda_graph"``: fused Triton
+            kernels replayed from a CUDA graph. ``"auto"`` (default): ``cuda_graph`` on a GPU,
+            ``absorbed`` on a CPU with the dense backward (``kernel`` is opt-in: about 2x
+            faster forward and a faster backward, not yet the default so the recorded runs
+            keep their numbers). All give the log-domain iterates up to rounding
             (same plan, scalings and stopping iteration). Unrolled gradients always use
             ``"torch"``.
 
