@@ -23,19 +23,10 @@ from mltm.experiments import (
 from mltm.records import Records
 from mltm.train import build_loss_from_config
 
-from tests._assets import REPO, require
-from tests._assets import data_root as _data_root
+from tests._assets import REPO
 
 SETTINGS = {"dataset": "debsfx-ci", "seeds": (0, 1), "epochs": 2}
 KEY_NAMES = ("dataset", "method", "seed")
-
-
-@pytest.fixture(scope="module")
-def data_root() -> Path:
-    root = _data_root()
-    require(root / "debsfx-ci" / "train.jsonl", "the debsfx-ci dataset")
-    require(root / "weights" / "aisfx-0.1.2.safetensors", "the converted aisfx weights")
-    return root
 
 
 def config(data_root: Path, loss: str = "ntxent", seed: int = 0, **data):

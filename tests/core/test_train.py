@@ -14,15 +14,6 @@ from mltm.eval import main as eval_main
 from mltm.train import Trainer, load_checkpoint
 
 from tests._assets import REPO, require
-from tests._assets import data_root as _data_root
-
-
-@pytest.fixture(scope="module")
-def data_root() -> Path:
-    root = _data_root()
-    require(root / "debsfx-ci" / "train.jsonl", "the debsfx-ci dataset")
-    require(root / "weights" / "aisfx-0.1.2.safetensors", "the converted aisfx weights")
-    return root
 
 
 def small_config(data_root: Path, out: Path, **overrides) -> TrainConfig:
