@@ -287,10 +287,11 @@ class Trainer:
         source.prepare()
         return source
 
-    def initial_state(self, source: BatchSource | None = None):
+    def initial_state(self):
         """``(model, loss, optimiser)`` as a run of this config starts: seeded from
-        ``config.seed``, before the first step."""
-        return self._build(source or self.training_source())
+        ``config.seed``, before the first step. The model needs no training pairs, so the
+        source is not prepared (no pair captions are encoded)."""
+        return self._build(make_source(self.cfg, self.splits, self.device))
 
     def _build(self, source: BatchSource):
         """A freshly seeded model (from the source), its loss and the hybrid optimiser."""
