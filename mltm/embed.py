@@ -133,22 +133,35 @@ def encoder_in(encoder: nn.Module, dtype: torch.dtype, device) -> nn.Module:
 CLIP_SHARD = 1024
 
 
-def _sharded(kind: str, key: dict[str, Any], n: int, compute_rows, merge, shard: int | None):
+def _sharded(kind: str, key: dict[str, Any], n: int, compute_rows, merge, shard: int | None,
+             sibling: tuple[str, dict[str, Any]] | None = None):
     """``compute_rows(range)``'s outputs for rows ``0..n``, cached per shard of ``shard`` rows.
 
     The key of each shard holds only that shard's inputs (``key["clips"][start:stop]``) plus
     the rest of ``key``, so a shard is reused whatever the dataset around it, and ``merge``
     concatenates the shards' dicts in order.
+
+    With ``sibling = (kind2, key2)``, ``compute_rows`` returns two dicts: this cache's entry
+    and the entry of ``kind2`` for the same rows (keyed like ``key2``, shard by shard), which
+    is stored as well, so one pass of the encoder fills both caches.
     """
     shard = shard or CLIP_SHARD
-    if n <= shard:
-        return cached(kind, key, lambda: compute_rows(range(n)))
-    parts = []
-    for start in range(0, n, shard):
-        stop = min(n, start + shard)
-        k = {**key, "clips": key["clips"][start:stop], "shard": [start, stop]}
-        parts.append(cached(kind, k, lambda a=start, b=stop: compute_rows(range(a, b))))
-    return merge(parts)
+    spans = [(0, n, key, sibling[1] if sibling else None)] if n <= shard else [
+        (a, min(n, a + shard),
+         {**key, "clips": key["clips"][a:min(n, a + shard)], "shard": [a, min(n, a + shard)]},
+         {**sibling[1], "clips": sibling[1]["clips"][a:min(n, a + shard)],
+          "shard": [a, min(n, a + shard)]} if sibling else None)
+        for a in range(0, n, shard)]
+
+    def entry(a: int, b: int, k2: dict[str, Any] | None):
+        if sibling is None:
+            return compute_rows(range(a, b))
+        value, other = compute_rows(range(a, b))
+        cached(sibling[0], k2, lambda: other)  # stored unless another process already did
+        return value
+
+    parts = [cached(kind, k, lambda a=a, b=b, k2=k2: entry(a, b, k2)) for a, b, k, k2 in spans]
+    return parts[0] if len(parts) == 1 else merge(parts)
 
 
 def _cat_rows(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -250,7 +263,64 @@ def encode_clips(encoder: nn.Module, dataset, *, batch_size: int = 16,
     if not use_cache:
         return compute(range(dataset.num_clips))
     key = _clips_key(encoder, dataset, dtype, significant_bits)
+    if _has_pooled_frames(encoder):  # one pass fills the frames cache too
+        frames_key = _clips_key(encoder, dataset, dtype, significant_bits, outputs="frames")
+        return _sharded("audio", key, dataset.num_clips,
+                        lambda rows: _pooled_and_frames(encoder, dataset, rows, batch_size,
+                                                        device, dtype, significant_bits,
+                                                        progress),
+                        _cat_rows, shard, sibling=("audio-frames", frames_key))
     return _sharded("audio", key, dataset.num_clips, compute, _cat_rows, shard)
+
+
+def _has_pooled_frames(encoder: nn.Module) -> bool:
+    """Whether the encoder's pooled output follows exactly from its frame outputs."""
+    return hasattr(encoder, "frame_embeddings") and hasattr(encoder, "pool_frames")
+
+
+def _pooled_and_frames(encoder: nn.Module, dataset, rows: range, batch_size: int, device,
+                       dtype: torch.dtype, significant_bits: int | None, progress: bool):
+    """``(encode_clips entry, encode_clip_frames entry)`` of ``rows`` from one encoder pass.
+
+    The pooled vector is the encoder's ``pool_frames`` of the unrounded frames, equal bit for
+    bit to its ``forward`` (tested), so both entries are what the separate passes give.
+    """
+    was_training = encoder.training
+    enc = encoder_in(encoder, dtype, device)
+    feats = torch.zeros(len(rows), encoder.out_dim)
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    order: list[torch.Tensor] = []
+    loader = DataLoader(torch.utils.data.Subset(dataset, rows), batch_size=batch_size,
+                        shuffle=False, collate_fn=dataset.collate_fn)
+    from tqdm import tqdm
+
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="audio encoder (pooled + frames)", disable=not progress,
+                          leave=False):
+            if batch["audio"].shape[0] == 0:
+                continue
+            frames, lengths = enc.frame_embeddings(batch["audio"].to(device, dtype),
+                                                   batch["lengths"].to(device))
+            idx = torch.as_tensor(batch["index"]).long() - rows.start
+            feats[idx] = _finish(enc.pool_frames(frames, lengths).cpu(), significant_bits)
+            parts.append((_finish(frames.cpu(), significant_bits), lengths.cpu().long()))
+            order.append(idx)
+    encoder.train(was_training)
+    frames_entry = _frames_entry(parts, order, len(rows), encoder.out_dim)
+    return {"features": feats, "valid": frames_entry["valid"].clone()}, frames_entry
+
+
+def _frames_entry(parts, order, n_rows: int, dim: int) -> dict[str, torch.Tensor]:
+    """The ``audio-frames`` cache entry of ``n_rows`` rows from batches in ``order``."""
+    n_ok = sum(len(i) for i in order)
+    values, lengths = pad_sequences(parts, n_ok, dim)
+    frames = torch.zeros(n_rows, values.shape[1], dim)
+    frame_lengths = torch.zeros(n_rows, dtype=torch.long)
+    valid = torch.zeros(n_rows, dtype=torch.bool)
+    if order:
+        idx = torch.cat(order)
+        frames[idx], frame_lengths[idx], valid[idx] = values, lengths, True
+    return {"frames": frames, "lengths": frame_lengths, "valid": valid}
 
 
 def encode_texts(encoder: nn.Module, texts: Sequence[str], *, batch_size: int = 64,
@@ -350,19 +420,18 @@ def encode_clip_frames(encoder: nn.Module, dataset, *, batch_size: int = 16,
                 parts.append((_finish(frames.cpu(), significant_bits), lengths.cpu().long()))
                 order.append(torch.as_tensor(batch["index"]).long() - rows.start)
         encoder.train(was_training)
-        n_ok = sum(len(i) for i in order)
-        values, lengths = pad_sequences(parts, n_ok, encoder.out_dim)
-        frames = torch.zeros(len(rows), values.shape[1], encoder.out_dim)
-        frame_lengths = torch.zeros(len(rows), dtype=torch.long)
-        valid = torch.zeros(len(rows), dtype=torch.bool)
-        if order:
-            idx = torch.cat(order)
-            frames[idx], frame_lengths[idx], valid[idx] = values, lengths, True
-        return {"frames": frames, "lengths": frame_lengths, "valid": valid}
+        return _frames_entry(parts, order, len(rows), encoder.out_dim)
 
     if not use_cache:
         return compute(range(dataset.num_clips))
     key = _clips_key(encoder, dataset, dtype, significant_bits, outputs="frames")
+    if _has_pooled_frames(encoder):  # one pass fills the pooled cache too
+        pooled_key = _clips_key(encoder, dataset, dtype, significant_bits)
+        return _sharded("audio-frames", key, dataset.num_clips,
+                        lambda rows: _pooled_and_frames(encoder, dataset, rows, batch_size,
+                                                        device, dtype, significant_bits,
+                                                        progress)[::-1],
+                        _cat_rows, shard, sibling=("audio", pooled_key))
     return _sharded("audio-frames", key, dataset.num_clips, compute, _cat_rows, shard)
 
 

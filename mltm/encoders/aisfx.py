@@ -322,6 +322,11 @@ class AisfxEncoder(nn.Module):
         out = out.view(B, n_blocks * FRAMES_PER_BLOCK, -1)
         return out, aisfx_frame_lengths(valid)
 
+    def pool_frames(self, frames: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s clip embeddings from :meth:`frame_embeddings`' outputs, equal to
+        them bit for bit (:func:`pool_aisfx_frames`): one encoder pass gives both."""
+        return pool_aisfx_frames(frames, frame_lengths)
+
 
 def aisfx_frame_lengths(valid_input_frames: torch.Tensor) -> torch.Tensor:
     """Frames of :meth:`AisfxEncoder.frame_embeddings` that start inside ``valid_input_frames``.

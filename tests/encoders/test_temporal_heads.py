@@ -296,11 +296,42 @@ def test_sharded_cache_equals_one_file_and_resumes_at_the_missing_shard(tmp_path
     again = encode_clip_frames(random_aisfx, ds, batch_size=2, shard=3)
     assert torch.equal(again["frames"], whole["frames"]["frames"])
     assert 0 < sum(seen) <= 3  # one shard, not the dataset
-    # a dataset that fits in one shard is one file, under the key it had before shards existed
+    # a dataset that fits in one shard is one file (pooled, and the frames of the same pass),
+    # under the key it had before shards existed
     before = set(cache.glob("audio-*.pt"))
     encode_clips(random_aisfx, ds, batch_size=2)
     new = set(cache.glob("audio-*.pt")) - before
-    assert ds.num_clips <= embed.CLIP_SHARD and len(new) == 1
+    assert ds.num_clips <= embed.CLIP_SHARD and len(new) == 2
+    assert sum("frames" in f.name for f in new) == 1
+
+
+@pytest.mark.parametrize("first", ["pooled", "frames"])
+def test_one_encoder_pass_fills_the_pooled_and_the_frame_cache(tmp_path, monkeypatch,
+                                                               random_aisfx, first):
+    """Whichever of encode_clips / encode_clip_frames runs first encodes each clip once and
+    stores both entries, equal bit for bit to the separate uncached passes."""
+    monkeypatch.setenv("MLTM_CACHE", str(tmp_path / "cache"))
+    root = _write_clips(tmp_path / "ds", n_clips=5, splits=("test",))
+    ds = AudioCaptionDataset(root, "test", frontend=random_aisfx, view="clips", output="waveform")
+    want = {"pooled": encode_clips(random_aisfx, ds, batch_size=2, use_cache=False),
+            "frames": encode_clip_frames(random_aisfx, ds, batch_size=2, use_cache=False)}
+    fns = {"pooled": encode_clips, "frames": encode_clip_frames}
+    calls = {"forward": 0, "frames": 0}
+    cls = type(random_aisfx)
+    real_forward, real_frames = cls.forward, cls.frame_embeddings
+    monkeypatch.setattr(cls, "forward", lambda self, a, n=None: (
+        calls.__setitem__("forward", calls["forward"] + 1), real_forward(self, a, n))[1])
+    monkeypatch.setattr(cls, "frame_embeddings", lambda self, a, n=None: (
+        calls.__setitem__("frames", calls["frames"] + 1), real_frames(self, a, n))[1])
+    second = "frames" if first == "pooled" else "pooled"
+    got = {first: fns[first](random_aisfx, ds, batch_size=2, shard=2)}  # 3 shards
+    assert calls == {"forward": 0, "frames": 3}  # batches of 2 per shard of 2, 2, 1 clips
+    got[second] = fns[second](random_aisfx, ds, batch_size=2, shard=2)
+    assert calls == {"forward": 0, "frames": 3}  # read from the cache, not encoded again
+    for kind in want:
+        assert got[kind].keys() == want[kind].keys()
+        for name in want[kind]:
+            assert torch.equal(got[kind][name], want[kind][name]), (kind, name)
 
 
 def test_frames_need_an_encoder_with_frame_outputs(tmp_path):
@@ -342,7 +373,8 @@ def test_training_and_eval_with_temporal_heads_end_to_end(tmp_path, monkeypatch)
     assert tr.audio.dim() == 3 and tr.audio_lengths is not None and tr.text.dim() == 3
     cache = tmp_path / "cache" / "embeddings"
     kinds = sorted({p.name.rsplit("-", 1)[0] for p in cache.glob("*.pt")})
-    assert kinds == ["audio-frames", "text-tokens"]
+    # no pooled text; the pooled audio comes from the frames' pass (aisfx), not a second one
+    assert kinds == ["audio", "audio-frames", "text-tokens"]
     # seeded: the same weights and numbers twice
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
