@@ -28,6 +28,11 @@ saturates instead: a caption whose whole column mass sits on one clip gets ``P_i
 up to rounding, so such captions tie within that clip's row and rounding orders them (as in
 the reference). With cosine costs in [0, 2] this can only happen for ``eps`` below ~0.05.
 
+**Hubness-corrected rankings** (:mod:`mltm.rankings`): ``rank_by="csls"``,
+``"inverted_softmax"`` and ``"plan_reference"``; the last is the plan made inductive (the
+gallery's potentials solved against reference queries, e.g. the validation split, passed in
+``ranking_kwargs``), so that a query's ranking no longer depends on the other test queries.
+
 **Ties** are broken optimistically: the rank of a query's best relevant item is the number of
 gallery items with a *strictly* higher score, and for mAP a relevant item is placed before the
 non-relevant items it ties with. With continuous scores ties do not occur and this equals the
@@ -63,6 +68,7 @@ from mltm.costs import cosine_distance, cosine_distance_normalized
 from mltm.numerics import round_to_grid
 from mltm.ot import sinkhorn_log
 from mltm.ot.streamed import StreamedSinkhornResult, streamed_sinkhorn_potentials
+from mltm.rankings import csls_scores, inverted_softmax_scores, plan_scores
 
 __all__ = [
     "pairwise_cost",
@@ -78,7 +84,7 @@ __all__ = [
 ]
 
 Cost = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-RankBy = Literal["distance", "plan"]
+RankBy = Literal["distance", "plan", "csls", "inverted_softmax", "plan_reference"]
 
 # Rows of a score matrix ranked at once: chunk_rows * gallery_size stays below this.
 _RANK_CHUNK_ELEMENTS = 1 << 22
@@ -308,23 +314,124 @@ def _summary(ranks: torch.Tensor, ap: torch.Tensor, ks: Sequence[int], map_k: in
 # Scores: distance or transport plan
 
 
+#: The rankings and the ``ranking_kwargs`` keys each accepts (:mod:`mltm.rankings`).
+_RANKINGS: dict[str, tuple[str, ...]] = {
+    "distance": (),
+    "plan": (),
+    "csls": ("k", "reference_audio", "reference_text"),
+    "inverted_softmax": ("reference_audio", "reference_text"),
+    "plan_reference": ("reference_audio", "reference_text"),
+}
+#: Rankings whose scores depend on ``eps`` (reported with the metrics).
+_EPS_RANKINGS = ("plan", "inverted_softmax", "plan_reference")
+
+
 def _check_rank_by(rank_by) -> None:
-    if rank_by not in ("distance", "plan"):
-        raise ValueError(f"rank_by must be 'distance' or 'plan'; got {rank_by!r}.")
+    if rank_by not in _RANKINGS:
+        names = ", ".join(repr(r) for r in _RANKINGS)
+        raise ValueError(f"rank_by must be one of {names}; got {rank_by!r}.")
+
+
+def _reference_costs(
+    rank_by: str,
+    ranking_kwargs: dict | None,
+    cost: Cost | None,
+    audio_emb: torch.Tensor | None,
+    text_emb: torch.Tensor | None,
+    chunk_size: int,
+    text_name: str,
+    directions: tuple[str, ...],
+) -> tuple[dict, torch.Tensor | None, torch.Tensor | None]:
+    """Check ``ranking_kwargs``; return its other options and the reference costs
+    ``(cost(reference_audio, text_emb), cost(audio_emb, reference_text))`` (None if absent)."""
+    if ranking_kwargs is None:
+        ranking_kwargs = {}
+    if not isinstance(ranking_kwargs, dict):
+        raise ValueError(
+            f"ranking_kwargs must be a dict or None; got {type(ranking_kwargs).__name__}."
+        )
+    allowed = _RANKINGS[rank_by]
+    if ranking_kwargs and not allowed:
+        raise ValueError(
+            f"ranking_kwargs is used only by rank_by 'csls', 'inverted_softmax' and "
+            f"'plan_reference'; got {sorted(ranking_kwargs)} with rank_by={rank_by!r}."
+        )
+    if "t2a" not in directions:  # zero-shot: only clips are queries
+        allowed = tuple(key for key in allowed if key != "reference_text")
+    unknown = [key for key in ranking_kwargs if key not in allowed]
+    if unknown:
+        accepted = ", ".join(repr(key) for key in allowed)
+        raise ValueError(
+            f"ranking_kwargs for rank_by={rank_by!r} accepts {accepted}; got unknown key "
+            f"{unknown[0]!r}."
+        )
+    needed = ("reference_audio", "reference_text") if "t2a" in directions else (
+        "reference_audio",)
+    if rank_by == "plan_reference":
+        missing = [key for key in needed if ranking_kwargs.get(key) is None]
+        if missing:
+            raise ValueError(
+                f"rank_by='plan_reference' needs ranking_kwargs {list(needed)} (reference "
+                f"embeddings, e.g. the validation split's); missing {missing[0]!r}. Without "
+                f"references use rank_by='plan'."
+            )
+    options = {key: v for key, v in ranking_kwargs.items() if not key.startswith("reference_")}
+    ref_audio, ref_text = ranking_kwargs.get("reference_audio"), ranking_kwargs.get(
+        "reference_text")
+    rows = cols = None
+    if ref_audio is not None:
+        _check_pair(ref_audio, text_emb, "ranking_kwargs['reference_audio']", text_name,
+                    "n_ref", "M")
+        rows = pairwise_cost(cost, ref_audio, text_emb, chunk_size=chunk_size)
+    if ref_text is not None:
+        _check_pair(audio_emb, ref_text, "audio_emb", "ranking_kwargs['reference_text']",
+                    "N", "m_ref")
+        cols = pairwise_cost(cost, audio_emb, ref_text, chunk_size=chunk_size)
+    return options, rows, cols
 
 
 def _scores_from_cost(
-    C: torch.Tensor, rank_by: str, eps: float, sinkhorn_kwargs: dict | None
+    C: torch.Tensor,
+    rank_by: str,
+    eps: float,
+    sinkhorn_kwargs: dict | None,
+    ranking_kwargs: dict | None = None,
+    *,
+    cost: Cost | None = None,
+    audio_emb: torch.Tensor | None = None,
+    text_emb: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+    text_name: str = "text_emb",
+    directions: tuple[str, ...] = ("a2t", "t2a"),
 ) -> torch.Tensor:
     """Turn the (n, m) cost into scores in place: ``-C`` or the log of the uniform-marginal plan.
+
+    The other rankings (``"csls"``, ``"inverted_softmax"`` with ``beta = 1/eps``,
+    ``"plan_reference"``) are :mod:`mltm.rankings`' functions, with ``ranking_kwargs``'
+    reference embeddings turned into reference costs by ``cost``.
 
     Float64 scores are rounded onto a grid of ``2^-24 · max|score|`` (:func:`round_to_grid`),
     so that items whose scores differ only by rounding noise (two captions with the same
     text, whose embeddings came out of different rows of a matrix product) tie exactly on
     every CPU instead of being ordered by the last bits of a kernel.
     """
+    if rank_by not in ("distance", "plan") or ranking_kwargs:
+        options, rows, cols = _reference_costs(rank_by, ranking_kwargs, cost, audio_emb,
+                                               text_emb, chunk_size, text_name, directions)
     if rank_by == "distance":
         return _canonical_scores(C.neg_())
+    if C.dtype not in (torch.float32, torch.float64):
+        C = C.float()
+    if rank_by == "csls":
+        return _canonical_scores(csls_scores(C, reference_rows=rows, reference_cols=cols,
+                                             **options))
+    if rank_by == "inverted_softmax":
+        beta = 1.0 / _check_eps(eps)
+        return _canonical_scores(inverted_softmax_scores(C, beta, reference_rows=rows,
+                                                         reference_cols=cols))
+    if rank_by == "plan_reference":
+        return _canonical_scores(plan_scores(C, eps, reference_rows=rows, reference_cols=cols,
+                                             sinkhorn_kwargs=sinkhorn_kwargs))
     kwargs = dict(_DEFAULT_SINKHORN)
     kwargs.update(sinkhorn_kwargs or {})
     for fixed in ("a", "b", "C", "eps"):
@@ -343,6 +450,14 @@ def _scores_from_cost(
         if kwargs.get("cost_normalization", "none") == "max":
             scale *= C.max().item()
         return _canonical_scores(C.div_(-scale).add_(log_u[:, None]).add_(log_v[None, :]))
+
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
+        eps > 0 and math.isfinite(eps)
+    ):
+        raise ValueError(f"eps must be a positive finite number; got {eps!r}. Use e.g. eps=0.05.")
+    return float(eps)
 
 
 # Grid of the float64 scores, relative to their largest magnitude: float64 noise (~1e-13
@@ -381,6 +496,7 @@ def retrieval_metrics(
     rank_by: RankBy = "distance",
     eps: float = 0.05,
     sinkhorn_kwargs: dict | None = None,
+    ranking_kwargs: dict | None = None,
     clip_group: torch.Tensor | None = None,
     ks: Sequence[int] = (1, 5, 10),
     map_k: int = 10,
@@ -396,12 +512,24 @@ def retrieval_metrics(
         cost: Distance callable ``(x (n, d), y (m, d)) -> (n, m)``; default cosine distance.
         rank_by: ``"distance"``: scores = -cost. ``"plan"``: the entropic OT plan between
             uniform marginals over the N clips and M captions (paper eq. 5); a2t ranks its
-            rows, t2a its columns (see the module docstring).
-        eps: Entropic regularisation for ``rank_by="plan"``, in the cost's units (relative
+            rows, t2a its columns (see the module docstring). Hubness-corrected rankings
+            (:mod:`mltm.rankings`): ``"csls"`` (Conneau et al. 2018, eq. 6),
+            ``"inverted_softmax"`` (Smith et al. 2017, with ``beta = 1/eps``) and
+            ``"plan_reference"`` (the plan with the gallery's potentials solved against
+            reference queries instead of the test queries: inductive).
+        eps: Entropic regularisation for ``rank_by="plan"`` and ``"plan_reference"``, the
+            temperature of ``"inverted_softmax"``, in the cost's units (``"plan"``: relative
             to its maximum with ``sinkhorn_kwargs={"cost_normalization": "max"}``).
         sinkhorn_kwargs: Extra arguments of :func:`mltm.ot.sinkhorn_log`; defaults
             ``tol=1e-6, max_iter=100000``. ``dict(max_iter=10, tol=None)`` re-creates the
             released code's 10 iterations.
+        ranking_kwargs: Options of the hubness-corrected rankings. ``"reference_audio"``
+            (n_ref, d) and ``"reference_text"`` (m_ref, d): reference (e.g. validation) clip
+            and caption embeddings from which the gallery terms are computed (a2t's from the
+            reference clips, t2a's from the reference captions), required by
+            ``"plan_reference"``; without them ``"csls"`` and ``"inverted_softmax"`` compute
+            them from the test queries (transductive, as their papers do). ``"k"``: CSLS's
+            neighbours (default 10).
         clip_group: Optional (N,) integer group of each clip. When given, a caption is
             relevant to every clip of its clip's group (datasets whose captions are
             templated per class); otherwise only to its own clip.
@@ -447,7 +575,8 @@ def retrieval_metrics(
         _check_index_vector(clip_group, "clip_group", N, "N")
 
     C = pairwise_cost(cost, audio_emb, text_emb, chunk_size=chunk_size)
-    scores = _scores_from_cost(C, rank_by, eps, sinkhorn_kwargs)
+    scores = _scores_from_cost(C, rank_by, eps, sinkhorn_kwargs, ranking_kwargs, cost=cost,
+                               audio_emb=audio_emb, text_emb=text_emb, chunk_size=chunk_size)
     dev = scores.device
     clip_label = (clip_group if clip_group is not None else torch.arange(N)).to(dev).long()
     caption_label = clip_label[caption_clip.to(dev).long()]
@@ -458,7 +587,7 @@ def retrieval_metrics(
         "a2t": _summary(*a2t, ks, map_k),
         "t2a": _summary(*t2a, ks, map_k),
         "rank_by": rank_by,
-        "eps": float(eps) if rank_by == "plan" else None,
+        "eps": float(eps) if rank_by in _EPS_RANKINGS else None,
         "num_clips": N,
         "num_captions": M,
     }
@@ -602,6 +731,7 @@ def zero_shot_classification(
     rank_by: RankBy = "distance",
     eps: float = 0.05,
     sinkhorn_kwargs: dict | None = None,
+    ranking_kwargs: dict | None = None,
     ks: Sequence[int] = (1, 5, 10),
     map_k: int = 10,
     chunk_size: int = 1024,
@@ -622,6 +752,8 @@ def zero_shot_classification(
         labels: (N,) integer true class in [0, C).
         cost, rank_by, eps, sinkhorn_kwargs, ks, map_k, chunk_size: as
             :func:`retrieval_metrics`.
+        ranking_kwargs: As :func:`retrieval_metrics`, without ``"reference_text"`` (only
+            clips are queries here): ``"reference_audio"`` fixes the class prompts' terms.
 
     Returns:
         ``{"accuracy", "R@1", "R@5", "R@10", "mAP@10", "MRR@10", "medR", "meanR",
@@ -645,7 +777,10 @@ def zero_shot_classification(
             f"labels must hold class indices in [0, C) = [0, {n_cls}); got values in [{lo}, {hi}]."
         )
     C = pairwise_cost(cost, audio_emb, class_text_emb, chunk_size=chunk_size)
-    scores = _scores_from_cost(C, rank_by, eps, sinkhorn_kwargs)
+    scores = _scores_from_cost(C, rank_by, eps, sinkhorn_kwargs, ranking_kwargs, cost=cost,
+                               audio_emb=audio_emb, text_emb=class_text_emb,
+                               chunk_size=chunk_size, text_name="class_text_emb",
+                               directions=("a2t",))
     dev = scores.device
     lab = labels.to(dev).long()
     classes = torch.arange(n_cls, device=dev)
@@ -662,7 +797,7 @@ def zero_shot_classification(
         "predicted_classes": int(scores.argmax(1).unique().numel()),
         "majority_share": 100.0 * float(torch.bincount(lab, minlength=n_cls).max()) / N,
         "rank_by": rank_by,
-        "eps": float(eps) if rank_by == "plan" else None,
+        "eps": float(eps) if rank_by in _EPS_RANKINGS else None,
     }
     return out
 

@@ -531,9 +531,11 @@ def test_clip_without_caption():
 
 def test_unknown_rank_by():
     audio, text, cc = _ok()
-    with _raises("rank_by must be 'distance' or 'plan'; got 'cosine'."):
+    with _raises("rank_by must be one of 'distance', 'plan', 'csls', 'inverted_softmax', "
+                 "'plan_reference'; got 'cosine'."):
         retrieval_metrics(audio, text, cc, rank_by="cosine")
-    with _raises("rank_by must be 'distance' or 'plan'; got 'sinkhorn'."):
+    with _raises("rank_by must be one of 'distance', 'plan', 'csls', 'inverted_softmax', "
+                 "'plan_reference'; got 'sinkhorn'."):
         zero_shot_classification(audio, text, torch.tensor([0, 1, 2]), rank_by="sinkhorn")
 
 
