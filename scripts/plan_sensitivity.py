@@ -24,7 +24,9 @@ split's clips and captions, 40 and 200 on the CI set); ``plan_reference, train``
 against the training split, 7x larger but seen in training: does a reference that covers the
 gallery better help?); ``csls`` and ``inverted_softmax`` (beta = 1/eps) computed from
 the test queries (transductive, as their papers) and from the validation split
-(``..., reference``). Five perturbation draws (seeds 0-4) per scenario; mean ± sd.
+(``..., reference``). Five perturbation draws (seeds 0-4) per scenario; mean ± sd over the
+draws, and of each ranking's paired difference to ``plan`` on the same draw. One trained
+model per loss (training seed 0): the spread is that of the perturbation, not of training.
 
     .venv/bin/python scripts/plan_sensitivity.py            # train, measure, record, print
     .venv/bin/python scripts/plan_sensitivity.py --report   # print the recorded table
@@ -175,24 +177,38 @@ def measure(audio, text, caption_clip, val, train, cost, settings) -> list[dict]
     return rows
 
 
+def _mean_sd(values: list[float]) -> dict:
+    """Mean and sample sd over draws (sd None for a single draw)."""
+    return {"mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else None}
+
+
 def summarise(rows: list[dict]) -> list[dict]:
+    """Mean ± sd over draws of every metric, and of the paired difference to ``plan`` (the
+    same draw ranked by both)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["loss"], r["scenario"], r["ranking"]), []).append(r)
     out = []
     for (loss, scenario, ranking), rs in groups.items():
+        plan = {r["seed"]: r for r in groups[(loss, scenario, "plan")]}
         entry = {"loss": loss, "scenario": scenario, "ranking": ranking, "draws": len(rs)}
         for d in ("a2t", "t2a"):
             for key in [f"R@{k}" for k in KS] + ["meanR"]:
-                vals = [r[d][key] for r in rs]
-                entry[f"{d} {key}"] = {"mean": statistics.fmean(vals),
-                                       "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+                entry[f"{d} {key}"] = _mean_sd([r[d][key] for r in rs])
+                entry[f"{d} {key} - plan"] = _mean_sd(
+                    [r[d][key] - plan[r["seed"]][d][key] for r in rs])
         out.append(entry)
     return out
 
 
+def _cell(stat: dict) -> str:
+    sd = "" if stat["sd"] is None else f" ± {stat['sd']:.2f}"
+    return f"{stat['mean']:>7.2f}{sd:<7}"
+
+
 def print_table(record: dict) -> None:
-    cols = ("a2t R@1", "a2t R@10", "t2a R@1", "t2a R@10")
+    cols = ("a2t R@1", "a2t R@10", "t2a R@1", "t2a R@10", "a2t R@1 - plan", "t2a R@1 - plan")
     for loss in record["settings"]["losses"]:
         name = LOSS_NAMES[loss]
         for scenario in SCENARIOS:
@@ -201,10 +217,9 @@ def print_table(record: dict) -> None:
             if not entries:
                 continue
             print(f"\n{name}, {scenario} ({entries[0]['draws']} draw(s), mean ± sd)")
-            print(f"{'ranking':<30}" + "".join(f"{c:>16}" for c in cols))
+            print(f"{'ranking':<29}" + "".join(f"{c:>15}" for c in cols))
             for e in entries:
-                cells = "".join(f"{e[c]['mean']:>9.2f} ± {e[c]['sd']:<4.2f}" for c in cols)
-                print(f"{e['ranking']:<30}{cells}")
+                print(f"{e['ranking']:<29}" + "".join(f"{_cell(e[c]):>15}" for c in cols))
     p = record["provenance"]
     print(f"\n{p['commit']}, {p['date']}, {p['device']}, {p.get('wall_time_s')} s wall, "
           f"{record.get('cpu_time_s')} s CPU")
