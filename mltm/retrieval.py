@@ -278,20 +278,22 @@ def _ap_chunk(S: torch.Tensor, S_rel: torch.Tensor, n_rel: torch.Tensor, k: int,
     c, G = S.shape
     kk = min(k, G)
     f64 = torch.float64
-    everything = S.sort(1).values.contiguous()  # ascending (S may be a transposed view)
-    rel_sorted = S_rel.sort(1).values.contiguous()  # ascending, -inf (not relevant) first
     U = int(n_rel.max())
-    level = rel_sorted.flip(1)[:, :U].contiguous()  # relevant scores, best first (-inf pads)
-
-    def strictly_above_and_tied(sorted_rows):
-        hi = torch.searchsorted(sorted_rows, level, right=True)
-        lo = torch.searchsorted(sorted_rows, level, right=False)
-        return G - hi, hi - lo
-
-    a, t = strictly_above_and_tied(everything)
-    b, m = strictly_above_and_tied(rel_sorted)
+    level = S_rel.topk(U, dim=1).values  # each query's relevant scores, best first (-inf pads)
+    # Only items above the k-th best score can reach the top k, so the counts of items above
+    # and tied with a relevant score need only the top k, plus all items tied at the k-th.
+    top = S.topk(kk, dim=1).values  # descending
+    kth = top[:, -1:]
+    a = (top[:, None, :] > level[:, :, None]).sum(-1)
+    t = torch.where(level == kth, (S == kth).sum(1, keepdim=True),
+                    (top[:, None, :] == level[:, :, None]).sum(-1))
+    reachable = level >= kth  # below the k-th score: a >= k, no contribution
+    ascending = level.flip(1).contiguous()
+    hi = torch.searchsorted(ascending, level, right=True)
+    b = U - hi  # relevant items strictly above
+    m = hi - torch.searchsorted(ascending, level, right=False)  # relevant items tied
     u = torch.arange(U, device=S.device)
-    valid = u[None, :] < n_rel[:, None]
+    valid = (u[None, :] < n_rel[:, None]) & reachable
     i = u[None, :] - b + 1  # place among the relevant items of its tie group, 1..m
     slot = a + i - 1
     if ties == "expected":
