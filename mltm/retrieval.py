@@ -303,7 +303,7 @@ def _ap_chunk(S: torch.Tensor, S_rel: torch.Tensor, n_rel: torch.Tensor, k: int,
         p_top = int(p_max[valid].max()) if bool(valid.any()) else 0
         for p in range(1, p_top + 1):
             term = (b.to(f64) + 1 + (p - 1) * hyper) / (a + p).to(f64)
-            total = total + torch.where(p <= p_max, term, torch.zeros((), dtype=f64))
+            total = total + torch.where(p <= p_max, term, 0.0)
         value = total / t.clamp(min=1).to(f64)
         keep = valid & (p_max > 0)
     else:
@@ -311,7 +311,7 @@ def _ap_chunk(S: torch.Tensor, S_rel: torch.Tensor, n_rel: torch.Tensor, k: int,
         value = (b + i).to(f64) / r.to(f64)
         keep = valid & (r <= k)
         slot = r - 1
-    value = torch.where(keep, value, torch.zeros((), dtype=f64))
+    value = torch.where(keep, value, 0.0)
     per_position = torch.zeros(c, kk, dtype=f64, device=S.device)
     per_position.scatter_add_(1, slot.clamp(0, kk - 1), value)
     return per_position.sum(1) / n_rel.to(f64)
@@ -342,7 +342,7 @@ def _hit_probability(o: _Outcomes, k: int, ties: str) -> torch.Tensor:
     miss = torch.ones(j.shape, dtype=f64, device=j.device)
     for i in range(int(j.max()) if j.numel() else 0):
         factor = (t - m - i).clamp(min=0).to(f64) / (t - i).clamp(min=1).to(f64)
-        miss = miss * torch.where(i < j, factor, torch.ones((), dtype=f64))
+        miss = miss * torch.where(i < j, factor, 1.0)
     return 1.0 - miss
 
 

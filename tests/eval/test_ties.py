@@ -370,3 +370,19 @@ def test_bad_caption_texts():
         retrieval_metrics(audio, text, cc, caption_texts=["a", "b", 3, "d", "e"])
     with _raises("caption_texts must be a sequence of M = 5 caption strings; got str."):
         retrieval_metrics(audio, text, cc, caption_texts="abcde")
+
+
+def test_tie_aware_metrics_on_every_device(device):
+    # Duplicated caption rows tie in a2t; the numbers do not depend on the device.
+    g = torch.Generator().manual_seed(21)
+    audio = torch.randn(12, 5, generator=g, dtype=F64)
+    base = torch.randn(20, 5, generator=g, dtype=F64)
+    text = base[torch.randint(0, 20, (42,), generator=g)]
+    cc = torch.arange(12).repeat_interleave(torch.tensor([3, 4] * 6))
+    want = retrieval_metrics(audio, text, cc, per_query=True)
+    got = retrieval_metrics(audio.to(device), text.to(device), cc.to(device), per_query=True)
+    assert got["num_distinct_captions"] == want["num_distinct_captions"] < 42
+    assert got["a2t"] == pytest.approx(want["a2t"], rel=1e-12)
+    assert got["t2a"] == pytest.approx(want["t2a"], rel=1e-12)
+    opt = retrieval_metrics(audio, text, cc, ties="optimistic")
+    assert opt["a2t"]["mAP@10"] > want["a2t"]["mAP@10"]  # the duplicates do tie
