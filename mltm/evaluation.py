@@ -215,10 +215,12 @@ def evaluate_embeddings(audio, text, caption_clip, loss: MatchingLoss, *, rank_b
     :func:`mltm.retrieval.retrieval_metrics` plus ``modality_gap``. ``evalset``, the
     :class:`EvalSet` the embeddings were projected from, lends its caption texts (the
     distinct captions are then counted by string, else by embedding row) and, with
-    ``per_query``, each query's clip label and id: ``per_query["a2t"]`` gets ``label`` and
-    ``clip_id`` of the query clip, ``per_query["t2a"]`` those of the caption's clip, next to
+    ``per_query``, each query's clip label and id: ``queries["a2t"]`` gets ``label`` and
+    ``clip_id`` of the query clip, ``queries["t2a"]`` those of the caption's clip, next to
     the ``clip`` indices, so that a bootstrap can resample clusters of queries (a scene
-    source, a class).
+    source, a class). The ``queries`` are the same for every ranking: a results file keeps
+    them once per split, beside the rankings (``results["test"]["queries"]``, where
+    :func:`mltm.verdicts.verdict` looks for them).
 
     Raises:
         ValueError: as :func:`~mltm.retrieval.retrieval_metrics`, and for an ``evalset`` whose
@@ -239,7 +241,7 @@ def evaluate_embeddings(audio, text, caption_clip, loss: MatchingLoss, *, rank_b
                                           else clip_group.to(audio.device)),
                               ties=ties, caption_texts=texts, per_query=per_query)
     if per_query and evalset is not None:
-        a2t, t2a = m["per_query"]["a2t"], m["per_query"]["t2a"]
+        a2t, t2a = m["queries"]["a2t"], m["queries"]["t2a"]
         a2t["label"], a2t["clip_id"] = list(evalset.labels), list(evalset.clip_ids)
         t2a["label"] = [evalset.labels[c] for c in t2a["clip"]]
         t2a["clip_id"] = [evalset.clip_ids[c] for c in t2a["clip"]]

@@ -593,14 +593,16 @@ def retrieval_metrics(
         "distinct_captions_by"}``; recalls and mAP in percent, medR and meanR 1-based.
         a2t's mAP@10 divides by the number of relevant captions (5 on AudioCaps/Clotho);
         t2a's is MRR@10 (one relevant clip per caption, unless ``clip_group`` makes more).
-        ``distinct_captions_by`` is ``"text"`` or ``"embedding"``. With ``per_query``, also
-        ``"per_query": {"a2t": {...}, "t2a": {...}}``, lists of floats, one entry per query
+        ``distinct_captions_by`` is ``"text"`` or ``"embedding"``. With ``per_query``, each
+        direction's dict also holds ``"per_query"``: lists of floats, one entry per query
         (a2t: the N clips, t2a: the M captions): ``rank`` (expected 1-based rank of the best
-        relevant item), ``R@k`` (probability of a hit in the top k, in [0, 1]) for each k,
-        ``AP@<map_k>`` (in [0, 1]), and the query's ``clip`` index (t2a: its caption's clip)
-        and, for t2a, ``caption_group`` (index of its distinct caption, first-seen order).
-        The summary numbers are the plain means of these lists (``numpy.mean``): ``R@k`` and
-        ``mAP`` times 100, ``meanR`` the mean and ``medR`` the floored median of ``rank``.
+        relevant item), ``R@k`` (probability of a hit in the top k, in [0, 1]) for each k and
+        ``AP@<map_k>`` (in [0, 1]); and the result holds ``"queries": {"a2t": {"clip"},
+        "t2a": {"clip", "caption_group"}}``, what each query is (the layout
+        :mod:`mltm.verdicts` reads): its ``clip`` index (t2a: its caption's clip) and, for
+        t2a, ``caption_group`` (index of its distinct caption, first-seen order). The summary
+        numbers are the plain means of the lists (``numpy.mean``): ``R@k`` and ``mAP`` times
+        100, ``meanR`` the mean and ``medR`` the floored median of ``rank``.
 
     Memory: one N×M matrix (cost, turned into scores in place), chunked ranking, plus the
     solver's work matrices while the plan is computed (see the module docstring).
@@ -660,9 +662,10 @@ def retrieval_metrics(
         "distinct_captions_by": distinct_by,
     }
     if per_query:
-        out["per_query"] = {
-            "a2t": {**_as_lists(a2t), "clip": list(range(N))},
-            "t2a": {**_as_lists(t2a), "clip": caption_clip.cpu().long().tolist(),
+        out["a2t"]["per_query"], out["t2a"]["per_query"] = _as_lists(a2t), _as_lists(t2a)
+        out["queries"] = {
+            "a2t": {"clip": list(range(N))},
+            "t2a": {"clip": caption_clip.cpu().long().tolist(),
                     "caption_group": caption_group.tolist()},
         }
     return out
@@ -865,8 +868,9 @@ def zero_shot_classification(
         cost, rank_by, eps, sinkhorn_kwargs, ks, map_k, chunk_size, ties: as
             :func:`retrieval_metrics` (accuracy is R@1, so under ``ties="expected"`` a clip
             whose true class ties with others for first counts as a fractional hit).
-        per_query: Also return ``"per_query": {"rank", "R@k", "AP@<map_k>", "label"}``, one
-            float per clip (``label``: its true class index), as in :func:`retrieval_metrics`.
+        per_query: Also return ``"per_query": {"rank", "R@k", "AP@<map_k>"}``, one float per
+            clip as in :func:`retrieval_metrics`, and ``"queries": {"label"}``, each clip's
+            true class index.
 
     Returns:
         ``{"accuracy", "R@1", "R@5", "R@10", "mAP@10", "MRR@10", "medR", "meanR",
@@ -914,7 +918,8 @@ def zero_shot_classification(
         "ties": ties,
     }
     if per_query:
-        out["per_query"] = {**_as_lists(clips), "label": lab.cpu().tolist()}
+        out["per_query"] = _as_lists(clips)
+        out["queries"] = {"label": lab.cpu().tolist()}
     return out
 
 

@@ -41,21 +41,22 @@ def test_per_query_outcomes_carry_clip_labels_and_ids():
                             evalset=es, per_query=True)
     assert m["num_distinct_captions"] == 4 and m["distinct_captions_by"] == "text"
     assert m["ties"] == "expected"
-    a2t, t2a = m["per_query"]["a2t"], m["per_query"]["t2a"]
+    a2t, t2a = m["queries"]["a2t"], m["queries"]["t2a"]
     assert a2t["clip"] == [0, 1, 2] and a2t["label"] == ["dog", "dog", "rain"]
     assert a2t["clip_id"] == ["c0", "c1", "c2"]
     assert t2a["clip"] == [0, 0, 1, 2, 2] and t2a["label"] == ["dog", "dog", "dog", "rain", "rain"]
     assert t2a["clip_id"] == ["c0", "c0", "c1", "c2", "c2"]
     assert t2a["caption_group"] == [0, 1, 0, 2, 3]
     for d, n in (("a2t", 3), ("t2a", 5)):
-        assert len(m["per_query"][d]["rank"]) == n
-        assert m[d]["R@1"] == 100.0 * float(np.mean(m["per_query"][d]["R@1"]))
+        assert len(m[d]["per_query"]["rank"]) == n
+        assert m[d]["R@1"] == 100.0 * float(np.mean(m[d]["per_query"]["R@1"]))
     json.dumps(m)  # the whole result is JSON-serialisable
     # Without per_query: no lists; without an EvalSet: distinct captions by embedding row.
     plain = evaluate_embeddings(audio, text, es.caption_clip, loss, rank_by="distance", eps=0.05)
-    assert "per_query" not in plain and plain["distinct_captions_by"] == "embedding"
+    assert "queries" not in plain and plain["distinct_captions_by"] == "embedding"
     assert plain["num_distinct_captions"] == 5
-    assert plain["a2t"] == m["a2t"] and plain["t2a"] == m["t2a"]
+    for d in ("a2t", "t2a"):
+        assert plain[d] == {key: v for key, v in m[d].items() if key != "per_query"}
 
 
 def test_evalset_must_match_caption_clip():
@@ -78,7 +79,7 @@ def test_an_evalset_without_captions_still_evaluates():
     m = evaluate_embeddings(audio, text, es.caption_clip, build_loss("triplet", dim=4),
                             rank_by="plan", eps=0.1, evalset=es, per_query=True)
     assert m["distinct_captions_by"] == "embedding"
-    assert m["per_query"]["t2a"]["label"][2] == "dog"
+    assert m["queries"]["t2a"]["label"][2] == "dog"
     assert dataclasses.replace(es, audio=es.audio).captions is None
 
 
@@ -98,4 +99,32 @@ def test_encode_split_keeps_the_caption_texts(data_root, tmp_path):
                             es.caption_clip, build_loss("ntxent", dim=8), rank_by="distance",
                             eps=0.05, evalset=es, per_query=True)
     assert m["num_distinct_captions"] == len(set(es.captions)) < len(es.captions)
-    assert m["per_query"]["a2t"]["clip_id"] == es.clip_ids
+    assert m["queries"]["a2t"]["clip_id"] == es.clip_ids
+
+
+def test_per_query_outcomes_feed_the_verdict_helper():
+    # Results laid out as a trainer would store them (queries once per split, beside the
+    # rankings) are what mltm.verdicts reads: its bootstrap runs over every a2t query,
+    # clustered by label, and its effect is the difference of the summary R@1.
+    from mltm.records import Records
+    from mltm.verdicts import Claim, verdict
+
+    es = _toy_evalset()
+    loss = build_loss("ntxent", dim=4)
+    rec = Records(provenance={"config": {"name": "test"}})
+    r1 = {}
+    for method, noise in (("good", 0.3), ("bad", 3.0)):
+        for seed in range(5):
+            g = torch.Generator().manual_seed(seed)
+            audio = torch.randn(3, 4, generator=g, dtype=F64)
+            text = audio[es.caption_clip] + noise * torch.randn(5, 4, generator=g, dtype=F64)
+            m = evaluate_embeddings(audio, text, es.caption_clip, loss, rank_by="distance",
+                                    eps=0.05, evalset=es, per_query=True)
+            queries = m.pop("queries")
+            rec.add(("toy", method, seed), {"test": {"distance": m, "queries": queries}})
+            r1[method, seed] = m["a2t"]["R@1"]
+    claim = Claim("good beats bad", a={"method": "good"}, b={"method": "bad"}, metric="R@1",
+                  direction="a2t", ranking="distance")
+    v = verdict(rec, claim, key_names=("dataset", "method", "seed"), n_resamples=200)
+    assert v.n_queries == 3 and v.n_clusters == 2 and v.caveat == ""
+    assert v.effect == pytest.approx(np.mean([r1["good", s] - r1["bad", s] for s in range(5)]))

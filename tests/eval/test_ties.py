@@ -110,8 +110,8 @@ def test_retrieval_metrics_match_every_tie_breaking_order(seed, ties):
     assert got["ties"] == ties
     a2t_want = _brute(S, rel)[ties]  # several relevant captions per clip
     t2a_want = _brute(S.T, rel.T)[ties]  # one relevant clip per caption
-    _assert_per_query(got["per_query"]["a2t"], a2t_want)
-    _assert_per_query(got["per_query"]["t2a"], t2a_want)
+    _assert_per_query(got["a2t"]["per_query"], a2t_want)
+    _assert_per_query(got["t2a"]["per_query"], t2a_want)
     # The summary is the mean of the brute-force outcomes.
     for d, want in (("a2t", a2t_want), ("t2a", t2a_want)):
         ranks1 = [float(w[0] + 1) for w in want]
@@ -236,7 +236,7 @@ def test_tie_free_scores_give_the_same_numbers_under_every_rule(seed):
     rel = torch.arange(N)[:, None] == cc[None, :]
     for d, S, R in (("a2t", scores, rel), ("t2a", scores.T, rel.T)):
         ranks, ap = _former_rank_core(S, R, 10)
-        pq = res["expected"]["per_query"][d]
+        pq = res["expected"][d]["per_query"]
         assert pq["rank"] == (ranks + 1).double().tolist()
         assert pq["AP@10"] == ap.tolist()
         r = ranks.numpy()
@@ -266,20 +266,24 @@ def test_optimistic_rule_is_the_former_code_on_tied_scores():
 def test_per_query_means_reproduce_the_summary_exactly():
     S, cc = _integer_case(11, N=7)
     got = _metrics(S, cc, per_query=True)
-    pq = json.loads(json.dumps(got["per_query"]))  # JSON-serialisable, and round-trips
-    assert pq == got["per_query"]
+    assert json.loads(json.dumps(got)) == got  # JSON-serialisable, and round-trips
     N, M = S.shape
     for d, n in (("a2t", N), ("t2a", M)):
-        lists = pq[d]
+        lists = got[d]["per_query"]
+        assert sorted(lists) == sorted(["rank", f"AP@{MAP_K}"] + [f"R@{k}" for k in KS])
         assert all(len(v) == n for v in lists.values())
+        assert all(len(v) == n for v in got["queries"][d].values())
         for k in KS:
             assert got[d][f"R@{k}"] == 100.0 * float(np.mean(lists[f"R@{k}"]))
             assert all(0.0 <= h <= 1.0 for h in lists[f"R@{k}"])
         assert got[d][f"mAP@{MAP_K}"] == 100.0 * float(np.mean(lists[f"AP@{MAP_K}"]))
         assert got[d]["meanR"] == float(np.mean(lists["rank"]))
         assert got[d]["medR"] == float(np.floor(np.median(lists["rank"])))
-    assert pq["a2t"]["clip"] == list(range(N)) and pq["t2a"]["clip"] == cc.tolist()
-    assert "per_query" not in _metrics(S, cc)
+    assert got["queries"]["a2t"] == {"clip": list(range(N))}
+    assert got["queries"]["t2a"]["clip"] == cc.tolist()
+    plain = _metrics(S, cc)
+    assert "queries" not in plain and "per_query" not in plain["a2t"]
+    assert plain["a2t"] == {key: v for key, v in got["a2t"].items() if key != "per_query"}
 
 
 def test_chunked_tie_aware_ranking_equals_one_chunk(monkeypatch):
@@ -297,11 +301,11 @@ def test_distinct_captions_by_text_and_by_embedding():
     cc = torch.tensor([0, 0, 1, 1, 2, 2])
     by_emb = retrieval_metrics(audio, text, cc, per_query=True)
     assert by_emb["num_distinct_captions"] == 3 and by_emb["distinct_captions_by"] == "embedding"
-    assert by_emb["per_query"]["t2a"]["caption_group"] == [0, 1, 0, 2, 1, 0]
+    assert by_emb["queries"]["t2a"]["caption_group"] == [0, 1, 0, 2, 1, 0]
     texts = ["a dog", "rain", "a dog", "wind", "rain", "a cat"]  # 4 strings
     by_text = retrieval_metrics(audio, text, cc, caption_texts=texts, per_query=True)
     assert by_text["num_distinct_captions"] == 4 and by_text["distinct_captions_by"] == "text"
-    assert by_text["per_query"]["t2a"]["caption_group"] == [0, 1, 0, 2, 1, 3]
+    assert by_text["queries"]["t2a"]["caption_group"] == [0, 1, 0, 2, 1, 3]
     # Rows that differ in the last bit are different embeddings.
     text2 = text.clone()
     text2[2, 0] = torch.nextafter(text2[2, 0], torch.tensor(math.inf, dtype=F64))
@@ -339,7 +343,7 @@ def test_zero_shot_with_tied_prompts():
         100.0, 75.0, 50.0]
     assert acc["expected"]["per_query"]["R@1"] == [0.5, 1.0]
     assert acc["expected"]["per_query"]["rank"] == [1.5, 1.0]
-    assert acc["expected"]["per_query"]["label"] == [0, 2]
+    assert acc["expected"]["queries"] == {"label": [0, 2]}
     assert acc["expected"]["MRR@10"] == 100 * (0.75 + 1) / 2
     assert acc["expected"]["ties"] == "expected"
 
@@ -382,7 +386,11 @@ def test_tie_aware_metrics_on_every_device(device):
     want = retrieval_metrics(audio, text, cc, per_query=True)
     got = retrieval_metrics(audio.to(device), text.to(device), cc.to(device), per_query=True)
     assert got["num_distinct_captions"] == want["num_distinct_captions"] < 42
-    assert got["a2t"] == pytest.approx(want["a2t"], rel=1e-12)
-    assert got["t2a"] == pytest.approx(want["t2a"], rel=1e-12)
+    for d in ("a2t", "t2a"):
+        lists, want_lists = got[d].pop("per_query"), want[d].pop("per_query")
+        assert got[d] == pytest.approx(want[d], rel=1e-12)
+        for key in want_lists:
+            assert lists[key] == pytest.approx(want_lists[key], rel=1e-12, abs=1e-15)
+    assert got["queries"] == want["queries"]
     opt = retrieval_metrics(audio, text, cc, ties="optimistic")
     assert opt["a2t"]["mAP@10"] > want["a2t"]["mAP@10"]  # the duplicates do tie
