@@ -15,6 +15,7 @@ Usage: ``python data_scripts/dataset_stats.py --config {ci,full} [--out PATH]``
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from collections import Counter
@@ -209,12 +210,26 @@ def main(argv=None) -> int:
     ap.add_argument("--training", type=Path,
                     help="training manifest dir for the zero-shot coverage (default: debsfx-ci "
                          "for ci, debsfx for full; e.g. data/sfxpool)")
+    ap.add_argument("--only", nargs="+", metavar="NAME",
+                    help="recompute only these datasets and keep the other entries of the "
+                         "existing stats file (each entry carries its own build commit and "
+                         "date), e.g. when the other full builds are not on this machine")
     args = ap.parse_args(argv)
     root = args.data or data_root()
     out = args.out or REPO / "results" / "data" / f"stats_{args.config}.json"
+    names = DATASETS[args.config]
+    if args.only:
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            print(f"error: --only {' '.join(unknown)}: not a {args.config} dataset "
+                  f"({', '.join(names)})", file=sys.stderr)
+            return 2
+        names = tuple(args.only)
     result = dict(config=args.config, datasets={})
+    if args.only and out.exists():
+        result = json.loads(out.read_text())
     missing = []
-    for name in DATASETS[args.config]:
+    for name in names:
         try:
             result["datasets"][name] = dataset_stats(root / name)
         except FileNotFoundError as e:
@@ -222,7 +237,19 @@ def main(argv=None) -> int:
     if missing:
         print("\n".join(missing), file=sys.stderr)
         return 1
-    result["zero_shot_coverage"] = coverage_report(root, args.config, args.training)
+    result["datasets"] = {n: result["datasets"][n] for n in DATASETS[args.config]
+                          if n in result["datasets"]}  # the config's order
+    train_dir = Path(args.training) if args.training else root / TRAINING_SET[args.config]
+    if train_dir.exists():
+        result["zero_shot_coverage"] = coverage_report(root, args.config, args.training)
+    elif not args.only:
+        print(f"error: {train_dir} is not built (needed for the zero-shot coverage)",
+              file=sys.stderr)
+        return 1
+    if (root / "sfxpool").exists() and args.config == "full":
+        # the scene benchmark trains on the pool: its coverage of the zero-shot classes
+        result["zero_shot_coverage_sfxpool"] = coverage_report(root, args.config,
+                                                               root / "sfxpool")
     out.parent.mkdir(parents=True, exist_ok=True)
     bl.write_json_atomic(out, result)
     for name, s in result["datasets"].items():
@@ -231,7 +258,8 @@ def main(argv=None) -> int:
               f"minutes={s['duration_s']['total_minutes']:8.1f} "
               f"disk={s['disk_bytes'] / 1e6:8.1f} MB "
               f"build={s['build']['seconds']} s")
-    for name, c in result["zero_shot_coverage"].items():
+    for name, c in [*result.get("zero_shot_coverage", {}).items(),
+                    *result.get("zero_shot_coverage_sfxpool", {}).items()]:
         print(f"{name:16s} classes covered by {c['training_set']}: "
               f"{len(c['covered'])}/{c['classes']} ({c['fraction']:.0%})")
     return 0

@@ -17,6 +17,10 @@ Transportation" (ICLR 2024). One module per concept:
   configuration, device and date that produced them.
 - :mod:`mltm.experiments`: the book's experiment grids: encode a dataset once, run and record
   each run resumably, tidy tables of the records, this execution beside the recorded run.
+- :mod:`mltm.stats`: paired statistics over seeds (exact sign-flip test, paired t interval)
+  and over test queries (paired bootstrap resampling clusters of queries).
+- :mod:`mltm.verdicts`: a paper claim checked on recorded runs: holds, reversed or undecided,
+  with the test, its p-value and its interval.
 """
 
 __version__ = "0.1.0"

@@ -98,6 +98,8 @@ class EvalSet:
         skipped: Clips dropped because their audio could not be decoded.
         audio_lengths: (N,) valid frames of each clip (None: pooled outputs).
         text_lengths: (M,) tokens of each caption (None: pooled outputs).
+        captions: The M caption strings, in the order of ``text`` (None: not known, as in an
+            EvalSet made before they were kept); the metrics count distinct captions by them.
     """
 
     audio: torch.Tensor
@@ -108,6 +110,7 @@ class EvalSet:
     skipped: int = 0
     audio_lengths: torch.Tensor | None = None
     text_lengths: torch.Tensor | None = None
+    captions: list[str] | None = None
 
     def digest(self) -> str:
         """12 hex digits naming the encoder outputs and the caption-to-clip map.
@@ -166,6 +169,7 @@ def encode_split(root: Path, split: str, audio_encoder: nn.Module, text_encoder:
                    caption_clip=torch.tensor(caption_clip, dtype=torch.long),
                    labels=[ds.records[i].label for i in keep],
                    clip_ids=[ds.records[i].clip_id for i in keep],
+                   captions=captions,
                    # unreadable at the header scan + failed to decode while encoding
                    skipped=unreadable + int((~valid).sum()))
 
@@ -204,15 +208,43 @@ def project_evalset(model: AudioTextModel, es: EvalSet, device, batch_size: int 
 
 
 def evaluate_embeddings(audio, text, caption_clip, loss: MatchingLoss, *, rank_by: str,
-                        eps: float, clip_group=None) -> dict[str, Any]:
-    """Retrieval metrics of joint embeddings ranked by the loss's cost."""
+                        eps: float, clip_group=None, evalset: EvalSet | None = None,
+                        per_query: bool = False, ties: str = "expected") -> dict[str, Any]:
+    """Retrieval metrics of joint embeddings ranked by the loss's cost.
+
+    :func:`mltm.retrieval.retrieval_metrics` plus ``modality_gap``. ``evalset``, the
+    :class:`EvalSet` the embeddings were projected from, lends its caption texts (the
+    distinct captions are then counted by string, else by embedding row) and, with
+    ``per_query``, each query's clip label and id: ``queries["a2t"]`` gets ``label`` and
+    ``clip_id`` of the query clip, ``queries["t2a"]`` those of the caption's clip, next to
+    the ``clip`` indices, so that a bootstrap can resample clusters of queries (a scene
+    source, a class). The ``queries`` are the same for every ranking: a results file keeps
+    them once per split, beside the rankings (``results["test"]["queries"]``, where
+    :func:`mltm.verdicts.verdict` looks for them).
+
+    Raises:
+        ValueError: as :func:`~mltm.retrieval.retrieval_metrics`, and for an ``evalset`` whose
+            ``caption_clip`` is not ``caption_clip``.
+    """
     from mltm.retrieval import modality_gap, retrieval_metrics
 
+    texts = None
+    if evalset is not None:
+        if not torch.equal(evalset.caption_clip.cpu().long(), caption_clip.cpu().long()):
+            raise ValueError("evalset.caption_clip differs from caption_clip: pass the EvalSet "
+                             "the embeddings were projected from")
+        texts = getattr(evalset, "captions", None)  # None in EvalSets made before captions
     with torch.no_grad():
         m = retrieval_metrics(audio, text, caption_clip.to(audio.device),
                               cost=loss.ranking_cost, rank_by=rank_by, eps=eps,
                               clip_group=(None if clip_group is None
-                                          else clip_group.to(audio.device)))
+                                          else clip_group.to(audio.device)),
+                              ties=ties, caption_texts=texts, per_query=per_query)
+    if per_query and evalset is not None:
+        a2t, t2a = m["queries"]["a2t"], m["queries"]["t2a"]
+        a2t["label"], a2t["clip_id"] = list(evalset.labels), list(evalset.clip_ids)
+        t2a["label"] = [evalset.labels[c] for c in t2a["clip"]]
+        t2a["clip_id"] = [evalset.clip_ids[c] for c in t2a["clip"]]
     m["modality_gap"] = modality_gap(audio, text)
     return m
 

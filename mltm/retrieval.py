@@ -6,8 +6,9 @@ Protocol (the paper's, after Mei et al. 2022; several captions per clip):
   rank is the best (smallest) rank among them.
 - **t2a**: every caption ranks all N clips; the relevant item is its clip.
 - R@k is the percentage of queries whose best relevant item is in the top k; medR and meanR
-  are 1-based, ``medR = floor(median(rank0)) + 1`` and ``meanR = mean(rank0) + 1`` with
-  ``rank0`` the 0-based rank, exactly as the released code (and Mei's) compute them.
+  are 1-based, ``medR = floor(median(rank))`` and ``meanR = mean(rank)`` with ``rank`` the
+  1-based rank, as the released code (and Mei's) compute them (they write
+  ``floor(median(rank0)) + 1`` and ``mean(rank0) + 1``, the same numbers up to rounding).
 - mAP@k (Mei et al.): for a query with relevant items at 1-based ranks r_1 < r_2 < ...,
   ``AP@k = sum_{j : r_j <= k} (j / r_j) / n_relevant``. For a2t with 5 GT captions this is
   divided by 5; for t2a (one GT clip) it is ``1/r_1`` if ``r_1 <= k`` else 0, i.e. MRR@k.
@@ -33,11 +34,35 @@ the reference). With cosine costs in [0, 2] this can only happen for ``eps`` bel
 gallery's potentials solved against reference queries, e.g. the validation split, passed in
 ``ranking_kwargs``), so that a query's ranking no longer depends on the other test queries.
 
-**Ties** are broken optimistically: the rank of a query's best relevant item is the number of
-gallery items with a *strictly* higher score, and for mAP a relevant item is placed before the
-non-relevant items it ties with. With continuous scores ties do not occur and this equals the
-reference's ``argsort``; with ties the reference's order is arbitrary (argsort's), so the
-optimistic rule is the one well-defined choice that also matches it on tie-free scores.
+**Ties** (equal scores: duplicated caption strings, identical embeddings, a saturated plan)
+are resolved by the rule ``ties``; on tie-free scores all three rules give the same numbers
+(the reference's ``argsort`` order), while with ties the reference's order is arbitrary.
+
+- ``"expected"`` (default): every metric is its exact expectation over a uniformly random
+  order of each group of tied items (McSherry & Najork 2008, "Computing information retrieval
+  performance measures efficiently in the presence of tied scores", ECIR), computed in
+  closed form, not by sampling. Take a query's best relevant score, ``a`` gallery items
+  strictly above it and a tie group of ``t`` items at it, ``m`` of them relevant. The first
+  relevant item of the group sits at position ``(t + 1)/(m + 1)`` in expectation, so the
+  expected 0-based rank is ``a + (t - m)/(m + 1)``; the hit probability is
+  ``P(hit@k) = 1 - C(t - m, j)/C(t, j)`` with ``j = k - a`` clipped to [0, t]. R@k is
+  100 × the mean of the hit probabilities, meanR the mean of the expected 1-based ranks,
+  and **medR the floored median of the expected ranks** (not the expected median, which has
+  no closed form; equal to it on tie-free scores). AP@k is linear in the relevant items: a
+  relevant item whose tie group has ``t`` items, ``m`` relevant, below ``a`` items of which
+  ``b`` are relevant, sits at a uniform position p in 1..t of its group (rank ``a + p``) with
+  a hypergeometric number of relevant items before it there, of mean
+  ``(p - 1)(m - 1)/(t - 1)``, so it adds
+  ``(1/t) sum_{p=1}^{min(t, k - a)} (b + 1 + (p - 1)(m - 1)/(t - 1)) / (a + p)`` to the sum
+  over j/r_j.
+- ``"optimistic"``: a tied relevant item comes before the tied non-relevant ones (the rank is
+  the number of items scoring *strictly* higher). This package's rule before the tie-aware
+  metrics; it counts every caption tied with a duplicate of the right one as a hit.
+- ``"pessimistic"``: a tied relevant item comes after every tied non-relevant one.
+
+The optimistic and pessimistic numbers bracket the expected ones. The result names the rule
+(``"ties"``) and the number of distinct captions (``"num_distinct_captions"``), which is where
+ties come from on sets whose captions repeat.
 
 **Galleries beyond memory.** :func:`plan_topk` gives the same plan ranking (eq. 5) as top-k
 lists without any N×M matrix: the dual potentials come from
@@ -45,7 +70,9 @@ lists without any N×M matrix: the dual potentials come from
 log-sum-exp accumulated block by block), and the top k of each query's log plan
 ``-C_ij/eps + log_u_i + log_v_j`` are then taken block by block, so memory is
 O((N + M) d + Q k) plus one block (20,000 × 100,000 at d = 64 takes a few hundred MB where
-the dense plan ranking would need three 8 GB matrices).
+the dense plan ranking would need three 8 GB matrices). Top-k lists cannot carry a tie rule:
+tied scores inside them are ordered as :func:`torch.topk` orders them (unspecified); the
+returned scores show where ties are.
 
 **Memory** is linear in the gallery plus at most one N×M cost/score matrix: the cost is built
 in row chunks (:func:`pairwise_cost`, never an n×m×d tensor), turned into scores in place,
@@ -89,6 +116,10 @@ RankBy = Literal["distance", "plan", "csls", "inverted_softmax", "plan_reference
 # Rows of a score matrix ranked at once: chunk_rows * gallery_size stays below this.
 _RANK_CHUNK_ELEMENTS = 1 << 22
 _DEFAULT_SINKHORN = {"tol": 1e-6, "max_iter": 100_000}
+
+# How tied scores are ranked (see "Ties" in the module docstring).
+Ties = Literal["expected", "optimistic", "pessimistic"]
+_TIES = ("expected", "optimistic", "pessimistic")
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -169,23 +200,43 @@ def pairwise_cost(
 
 
 # ---------------------------------------------------------------------------------------------
-# Ranks and average precision
+# Ranks and average precision, with ties resolved by a rule
+
+
+class _Outcomes(NamedTuple):
+    """Per-query tie structure of the best relevant item, and AP@k (see :func:`_rank_core`)."""
+
+    above: torch.Tensor  # (Q,) long: gallery items strictly above the best relevant score
+    tied: torch.Tensor  # (Q,) long: items at that score, the relevant ones included
+    tied_relevant: torch.Tensor  # (Q,) long: relevant items at that score (>= 1)
+    ap: torch.Tensor | None  # (Q,) float64 AP@k under the rule, or None
+
+
+def _check_ties(ties) -> None:
+    if ties not in _TIES:
+        raise ValueError(
+            f"ties must be 'expected', 'optimistic' or 'pessimistic'; got {ties!r}. 'expected' "
+            "averages over random tie-breaking (the default)."
+        )
 
 
 def _rank_core(
     scores: torch.Tensor,
     relevant_rows: Callable[[int, int], torch.Tensor],
     k: int | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """0-based best ranks (Q,) and, if ``k``, AP@k (Q,) float64, ranked in row chunks.
+    ties: str = "expected",
+) -> _Outcomes:
+    """Tie structure of each query's best relevant item and, if ``k``, AP@k, in row chunks.
 
     ``relevant_rows(s, e)`` returns the (e - s, G) boolean relevance of queries s..e-1.
     """
     Q, G = scores.shape
-    ranks = torch.empty(Q, dtype=torch.long, device=scores.device)
-    ap = torch.empty(Q, dtype=torch.float64, device=scores.device) if k is not None else None
+    dev = scores.device
+    above = torch.empty(Q, dtype=torch.long, device=dev)
+    tied = torch.empty(Q, dtype=torch.long, device=dev)
+    tied_relevant = torch.empty(Q, dtype=torch.long, device=dev)
+    ap = torch.empty(Q, dtype=torch.float64, device=dev) if k is not None else None
     rows = max(1, _RANK_CHUNK_ELEMENTS // max(G, 1))
-    kk = None if k is None else min(k, G)
     for s in range(0, Q, rows):
         e = min(Q, s + rows)
         S = scores[s:e]
@@ -202,18 +253,103 @@ def _rank_core(
                 f"query {q} has no relevant item (row {q} of relevant is all False); every "
                 "query needs at least one relevant gallery item."
             )
-        best = S.masked_fill(~R, -math.inf).amax(1)
-        ranks[s:e] = (S > best[:, None]).sum(1)
-        if kk is not None:
-            # Lexicographic order (score descending, relevant first among ties): stable sort
-            # by relevance, then a stable sort by score.
-            o1 = torch.argsort(R.to(torch.uint8), dim=1, descending=True, stable=True)
-            o2 = torch.argsort(S.gather(1, o1), dim=1, descending=True, stable=True)[:, :kk]
-            top = R.gather(1, o1.gather(1, o2))  # (c, kk): relevance at positions 1..kk
-            hits = top.cumsum(1).to(torch.float64)
-            pos = torch.arange(1, kk + 1, dtype=torch.float64, device=S.device)
-            ap[s:e] = ((hits / pos) * top).sum(1) / n_rel.to(torch.float64)
-    return ranks, ap
+        S_rel = S.masked_fill(~R, -math.inf)  # scores are finite: -inf marks "not relevant"
+        best = S_rel.amax(1, keepdim=True)
+        above[s:e] = (S > best).sum(1)
+        tied[s:e] = (S == best).sum(1)
+        tied_relevant[s:e] = (S_rel == best).sum(1)
+        if k is not None:
+            ap[s:e] = _ap_chunk(S, S_rel, n_rel, k, ties)
+    return _Outcomes(above, tied, tied_relevant, ap)
+
+
+def _ap_chunk(S: torch.Tensor, S_rel: torch.Tensor, n_rel: torch.Tensor, k: int,
+              ties: str) -> torch.Tensor:
+    """AP@k (Mei's normalisation) of a chunk of queries under the tie rule ``ties``.
+
+    Every relevant item lies in a tie group (its score level) of ``t`` items, ``m`` of them
+    relevant, below ``a`` items of which ``b`` are relevant. Placed ``i``-th among the relevant
+    items of its group (i = 1..m), it has rank ``r = a + i`` (optimistic) or ``a + t - m + i``
+    (pessimistic) and ``b + i`` relevant items up to it. Under random tie-breaking it sits at a
+    uniform position p in 1..t of its group, with a hypergeometric number of relevant items
+    before it there, of mean ``(p - 1)(m - 1)/(t - 1)``; as AP is linear in that number,
+    ``E[(j/r) 1{r <= k}] = (1/t) sum_{p=1}^{min(t, k-a)} (b + 1 + (p-1)(m-1)/(t-1)) / (a + p)``
+    exactly (McSherry & Najork 2008).
+
+    Each item's term is added into column ``min(a + i, k) - 1`` of a (c, k) matrix (its
+    optimistic position) and the rows are summed, which on tie-free scores (and with the
+    optimistic rule on any scores) adds the same numbers in the same order as summing j/r
+    over the sorted top k.
+    """
+    c, G = S.shape
+    kk = min(k, G)
+    f64 = torch.float64
+    U = int(n_rel.max())
+    level = S_rel.topk(U, dim=1).values  # each query's relevant scores, best first (-inf pads)
+    # Only items above the k-th best score can reach the top k, so the counts of items above
+    # and tied with a relevant score need only the top k, plus all items tied at the k-th.
+    top = S.topk(kk, dim=1).values  # descending
+    kth = top[:, -1:]
+    a = (top[:, None, :] > level[:, :, None]).sum(-1)
+    t = torch.where(level == kth, (S == kth).sum(1, keepdim=True),
+                    (top[:, None, :] == level[:, :, None]).sum(-1))
+    reachable = level >= kth  # below the k-th score: a >= k, no contribution
+    ascending = level.flip(1).contiguous()
+    hi = torch.searchsorted(ascending, level, right=True)
+    b = U - hi  # relevant items strictly above
+    m = hi - torch.searchsorted(ascending, level, right=False)  # relevant items tied
+    u = torch.arange(U, device=S.device)
+    valid = (u[None, :] < n_rel[:, None]) & reachable
+    i = u[None, :] - b + 1  # place among the relevant items of its tie group, 1..m
+    slot = a + i - 1
+    if ties == "expected":
+        p_max = torch.minimum((k - a).clamp(min=0), t)
+        hyper = (m - 1).to(f64) / (t - 1).clamp(min=1).to(f64)
+        total = torch.zeros(c, U, dtype=f64, device=S.device)
+        p_top = int(p_max[valid].max()) if bool(valid.any()) else 0
+        for p in range(1, p_top + 1):
+            term = (b.to(f64) + 1 + (p - 1) * hyper) / (a + p).to(f64)
+            total = total + torch.where(p <= p_max, term, 0.0)
+        value = total / t.clamp(min=1).to(f64)
+        keep = valid & (p_max > 0)
+    else:
+        r = a + i if ties == "optimistic" else a + t - m + i
+        value = (b + i).to(f64) / r.to(f64)
+        keep = valid & (r <= k)
+        slot = r - 1
+    value = torch.where(keep, value, 0.0)
+    per_position = torch.zeros(c, kk, dtype=f64, device=S.device)
+    per_position.scatter_add_(1, slot.clamp(0, kk - 1), value)
+    return per_position.sum(1) / n_rel.to(f64)
+
+
+def _best_rank(o: _Outcomes, ties: str) -> torch.Tensor:
+    """0-based rank of the best relevant item: exact (long) or expected (float64)."""
+    if ties == "optimistic":
+        return o.above.clone()
+    if ties == "pessimistic":
+        return o.above + o.tied - o.tied_relevant
+    # The first of m relevant items among t tied ones sits at (t + 1)/(m + 1) in expectation.
+    return o.above.to(torch.float64) + (o.tied - o.tied_relevant).to(torch.float64) / (
+        o.tied_relevant + 1
+    ).to(torch.float64)
+
+
+def _hit_probability(o: _Outcomes, k: int, ties: str) -> torch.Tensor:
+    """P(best relevant item in the top k), float64 (Q,): 0/1 unless ties are averaged."""
+    f64 = torch.float64
+    if ties != "expected":
+        return (_best_rank(o, ties) < k).to(f64)
+    # 1 - C(t - m, j)/C(t, j) with j = k - above clipped to [0, t]: the chance that not all of
+    # the first j places of the tie group go to non-relevant items. The ratio is the product
+    # prod_{i<j} (t - m - i)/(t - i), exact for j = 0 (1) and j > t - m (a factor 0).
+    t, m = o.tied, o.tied_relevant
+    j = torch.minimum((k - o.above).clamp(min=0), t)
+    miss = torch.ones(j.shape, dtype=f64, device=j.device)
+    for i in range(int(j.max()) if j.numel() else 0):
+        factor = (t - m - i).clamp(min=0).to(f64) / (t - i).clamp(min=1).to(f64)
+        miss = miss * torch.where(i < j, factor, 1.0)
+    return 1.0 - miss
 
 
 def _check_scores_relevant(scores, relevant) -> None:
@@ -234,44 +370,62 @@ def _check_scores_relevant(scores, relevant) -> None:
         )
 
 
-def ranks_from_scores(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+def ranks_from_scores(
+    scores: torch.Tensor, relevant: torch.Tensor, *, ties: Ties = "expected"
+) -> torch.Tensor:
     """0-based rank of each query's best-ranked relevant item (higher score = better).
 
-    ``rank[q] = #{g : scores[q, g] > max_{relevant g'} scores[q, g']}``: ties are broken
-    optimistically (a tied relevant item comes first). On tie-free scores this equals the
-    position in a descending argsort, as in the reference code.
+    With ``a`` gallery items scoring strictly above the query's best relevant score and a
+    tie group of ``t`` items at that score, ``m`` of them relevant:
+
+    - ``ties="expected"`` (default): ``a + (t - m)/(m + 1)``, the mean over random
+      tie-breaking (the first of m relevant items among t sits at ``(t + 1)/(m + 1)``);
+    - ``"optimistic"``: ``a`` (a tied relevant item comes first);
+    - ``"pessimistic"``: ``a + t - m`` (after every tied non-relevant item).
+
+    On tie-free scores all three equal the position in a descending argsort, as in the
+    reference code.
 
     Args:
         scores: (Q, G) float scores.
         relevant: (Q, G) bool, True where gallery item g is relevant to query q.
+        ties: The tie rule.
 
     Returns:
-        LongTensor (Q,), on ``scores``' device.
+        (Q,) on ``scores``' device: float64 for ``"expected"`` (fractional under ties),
+        LongTensor for the other two rules.
 
     Raises:
-        ValueError: for shape/dtype mismatches, non-finite scores, or a query with no
-            relevant item.
+        ValueError: for shape/dtype mismatches, non-finite scores, a query with no
+            relevant item, or an unknown ``ties``.
     """
     _check_scores_relevant(scores, relevant)
-    ranks, _ = _rank_core(scores, lambda s, e: relevant[s:e].to(scores.device), None)
-    return ranks
+    _check_ties(ties)
+    o = _rank_core(scores, lambda s, e: relevant[s:e].to(scores.device), None)
+    return _best_rank(o, ties)
 
 
 def average_precision_at_k(
-    scores: torch.Tensor, relevant: torch.Tensor, k: int = 10
+    scores: torch.Tensor, relevant: torch.Tensor, k: int = 10, *, ties: Ties = "expected"
 ) -> torch.Tensor:
     """Per-query AP@k with Mei et al.'s normalisation (the mean over queries is mAP@k).
 
     ``AP@k = sum_{j : r_j <= k} (j / r_j) / n_relevant`` where ``r_1 < r_2 < ...`` are the
-    1-based ranks of the relevant items in the list sorted by descending score (relevant
-    before non-relevant among ties). It is divided by *all* relevant items, not only those in
-    the top k: for a2t with 5 GT captions the divisor is 5; for t2a (one GT clip) AP@k is
-    ``1/r_1`` if ``r_1 <= k`` else 0, i.e. the reciprocal rank cut at k (MRR@k).
+    1-based ranks of the relevant items in the list sorted by descending score. It is divided
+    by *all* relevant items, not only those in the top k: for a2t with 5 GT captions the
+    divisor is 5; for t2a (one GT clip) AP@k is ``1/r_1`` if ``r_1 <= k`` else 0, i.e. the
+    reciprocal rank cut at k (MRR@k).
+
+    Ties: ``"expected"`` (default) is the exact mean of AP@k over every order of the tied
+    items (McSherry & Najork 2008; the formula is in the module docstring);
+    ``"optimistic"`` puts relevant items before the non-relevant items they tie with,
+    ``"pessimistic"`` after them.
 
     Args:
         scores: (Q, G) float scores, higher = better.
         relevant: (Q, G) bool relevance.
         k: Cut-off, a positive integer.
+        ties: The tie rule.
 
     Returns:
         Float64 tensor (Q,) in [0, 1].
@@ -281,8 +435,8 @@ def average_precision_at_k(
     """
     _check_scores_relevant(scores, relevant)
     _check_k(k, "k")
-    _, ap = _rank_core(scores, lambda s, e: relevant[s:e].to(scores.device), k)
-    return ap
+    _check_ties(ties)
+    return _rank_core(scores, lambda s, e: relevant[s:e].to(scores.device), k, ties).ap
 
 
 def _check_k(k, name: str) -> None:
@@ -301,13 +455,28 @@ def _check_ks(ks) -> tuple[int, ...]:
     return ks
 
 
-def _summary(ranks: torch.Tensor, ap: torch.Tensor, ks: Sequence[int], map_k: int) -> dict:
-    r = ranks.cpu().numpy()
-    out = {f"R@{k}": 100.0 * float(np.mean(r < k)) for k in ks}
-    out[f"mAP@{map_k}"] = 100.0 * float(ap.mean())
-    out["medR"] = float(np.floor(np.median(r)) + 1)
-    out["meanR"] = float(r.mean() + 1)
+def _per_query(o: _Outcomes, ks: Sequence[int], map_k: int, ties: str) -> dict[str, np.ndarray]:
+    """Per-query outcomes as float64 arrays: ``rank`` (1-based), ``R@k`` (hit probability),
+    ``AP@<map_k>`` (in [0, 1])."""
+    out = {"rank": (_best_rank(o, ties).to(torch.float64) + 1).cpu().numpy()}
+    for k in ks:
+        out[f"R@{k}"] = _hit_probability(o, k, ties).cpu().numpy()
+    out[f"AP@{map_k}"] = o.ap.cpu().numpy()
     return out
+
+
+def _summary(per_query: dict[str, np.ndarray], ks: Sequence[int], map_k: int) -> dict:
+    """The summary numbers, each a plain mean (``numpy.mean``) of a per-query list."""
+    rank = per_query["rank"]
+    out = {f"R@{k}": 100.0 * float(np.mean(per_query[f"R@{k}"])) for k in ks}
+    out[f"mAP@{map_k}"] = 100.0 * float(np.mean(per_query[f"AP@{map_k}"]))
+    out["medR"] = float(np.floor(np.median(rank)))
+    out["meanR"] = float(np.mean(rank))
+    return out
+
+
+def _as_lists(per_query: dict[str, np.ndarray]) -> dict[str, list]:
+    return {key: value.tolist() for key, value in per_query.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,6 +670,9 @@ def retrieval_metrics(
     ks: Sequence[int] = (1, 5, 10),
     map_k: int = 10,
     chunk_size: int = 1024,
+    ties: Ties = "expected",
+    caption_texts: Sequence[str] | None = None,
+    per_query: bool = False,
 ) -> dict:
     """Audio-to-text and text-to-audio retrieval metrics (paper Tables 1-2 protocol).
 
@@ -536,26 +708,45 @@ def retrieval_metrics(
         ks: Cut-offs of the recalls.
         map_k: Cut-off of mAP (Mei et al.'s definition, see :func:`average_precision_at_k`).
         chunk_size: Rows per call of ``cost`` (see :func:`pairwise_cost`).
+        ties: How tied scores rank (module docstring, "Ties"): ``"expected"`` (default, the
+            exact mean over random tie-breaking), ``"optimistic"`` or ``"pessimistic"``.
+        caption_texts: Optional M caption strings, used only to count the distinct captions
+            (and to group them in ``per_query``); without them captions are told apart by
+            their embedding rows, compared exactly.
+        per_query: Also return each query's outcomes (for paired statistics).
 
     Returns:
         ``{"a2t": {"R@1", "R@5", "R@10", "mAP@10", "medR", "meanR"}, "t2a": {...},
-        "rank_by", "eps", "num_clips", "num_captions"}``; recalls and mAP in percent, medR
-        and meanR 1-based. a2t's mAP@10 divides by the number of relevant captions (5 on
-        AudioCaps/Clotho); t2a's is MRR@10 (one relevant clip per caption, unless
-        ``clip_group`` makes more).
+        "rank_by", "eps", "ties", "num_clips", "num_captions", "num_distinct_captions",
+        "distinct_captions_by"}``; recalls and mAP in percent, medR and meanR 1-based.
+        a2t's mAP@10 divides by the number of relevant captions (5 on AudioCaps/Clotho);
+        t2a's is MRR@10 (one relevant clip per caption, unless ``clip_group`` makes more).
+        ``distinct_captions_by`` is ``"text"`` or ``"embedding"``. With ``per_query``, each
+        direction's dict also holds ``"per_query"``: lists of floats, one entry per query
+        (a2t: the N clips, t2a: the M captions): ``rank`` (expected 1-based rank of the best
+        relevant item), ``R@k`` (probability of a hit in the top k, in [0, 1]) for each k and
+        ``AP@<map_k>`` (in [0, 1]); and the result holds ``"queries": {"a2t": {"clip"},
+        "t2a": {"clip", "caption_group"}}``, what each query is (the layout
+        :mod:`mltm.verdicts` reads): its ``clip`` index (t2a: its caption's clip) and, for
+        t2a, ``caption_group`` (index of its distinct caption, first-seen order). The summary
+        numbers are the plain means of the lists (``numpy.mean``): ``R@k`` and ``mAP`` times
+        100, ``meanR`` the mean and ``medR`` the floored median of ``rank``.
 
     Memory: one N×M matrix (cost, turned into scores in place), chunked ranking, plus the
     solver's work matrices while the plan is computed (see the module docstring).
 
     Raises:
         ValueError: for mismatched shapes, embedding sizes or devices, ``caption_clip``
-            outside [0, N), a clip without captions, an unknown ``rank_by``, bad ``ks``, or
-            bad solver options (the message names the fix).
+            outside [0, N), a clip without captions, an unknown ``rank_by`` or ``ties``, bad
+            ``ks``, ``caption_texts`` that are not M strings, or bad solver options (the
+            message names the fix).
     """
     _check_pair(audio_emb, text_emb, "audio_emb", "text_emb", "N", "M")
     N, M = audio_emb.shape[0], text_emb.shape[0]
     _check_index_vector(caption_clip, "caption_clip", M, "M")
     _check_rank_by(rank_by)
+    _check_ties(ties)
+    _check_caption_texts(caption_texts, M)
     ks = _check_ks(ks)
     _check_k(map_k, "map_k")
     lo, hi = int(caption_clip.min()), int(caption_clip.max())
@@ -581,16 +772,65 @@ def retrieval_metrics(
     clip_label = (clip_group if clip_group is not None else torch.arange(N)).to(dev).long()
     caption_label = clip_label[caption_clip.to(dev).long()]
 
-    a2t = _rank_core(scores, lambda s, e: clip_label[s:e, None] == caption_label[None, :], map_k)
-    t2a = _rank_core(scores.T, lambda s, e: caption_label[s:e, None] == clip_label[None, :], map_k)
-    return {
-        "a2t": _summary(*a2t, ks, map_k),
-        "t2a": _summary(*t2a, ks, map_k),
+    a2t = _rank_core(scores, lambda s, e: clip_label[s:e, None] == caption_label[None, :],
+                     map_k, ties)
+    t2a = _rank_core(scores.T, lambda s, e: caption_label[s:e, None] == clip_label[None, :],
+                     map_k, ties)
+    del scores, C
+    a2t, t2a = _per_query(a2t, ks, map_k, ties), _per_query(t2a, ks, map_k, ties)
+    caption_group, distinct_by = _distinct_captions(caption_texts, text_emb)
+    out = {
+        "a2t": _summary(a2t, ks, map_k),
+        "t2a": _summary(t2a, ks, map_k),
         "rank_by": rank_by,
         "eps": float(eps) if rank_by in _EPS_RANKINGS else None,
+        "ties": ties,
         "num_clips": N,
         "num_captions": M,
+        "num_distinct_captions": int(caption_group.max()) + 1,
+        "distinct_captions_by": distinct_by,
     }
+    if per_query:
+        out["a2t"]["per_query"], out["t2a"]["per_query"] = _as_lists(a2t), _as_lists(t2a)
+        out["queries"] = {
+            "a2t": {"clip": list(range(N))},
+            "t2a": {"clip": caption_clip.cpu().long().tolist(),
+                    "caption_group": caption_group.tolist()},
+        }
+    return out
+
+
+def _check_caption_texts(caption_texts, M: int) -> None:
+    if caption_texts is None:
+        return
+    if isinstance(caption_texts, str) or not hasattr(caption_texts, "__len__"):
+        raise ValueError(
+            f"caption_texts must be a sequence of M = {M} caption strings; got "
+            f"{type(caption_texts).__name__}."
+        )
+    if len(caption_texts) != M:
+        raise ValueError(
+            f"caption_texts must hold one string per caption (M = {M}); got "
+            f"{len(caption_texts)}. Pass the texts in the order of text_emb's rows."
+        )
+    for i, text in enumerate(caption_texts):
+        if not isinstance(text, str):
+            raise ValueError(f"caption_texts[{i}] must be a str; got {type(text).__name__}.")
+
+
+def _distinct_captions(caption_texts, text_emb: torch.Tensor) -> tuple[np.ndarray, str]:
+    """Index of each caption's distinct text (first-seen order), and what told them apart."""
+    if caption_texts is not None:
+        first: dict[str, int] = {}
+        return np.array([first.setdefault(t, len(first)) for t in caption_texts]), "text"
+    # Exact comparison of rows: equal strings whose embeddings differ in the last bits count
+    # twice; pass caption_texts to count strings.
+    _, inverse = torch.unique(text_emb.detach(), dim=0, return_inverse=True)
+    inverse = inverse.cpu().numpy()
+    first_seen = {}
+    for g in inverse.tolist():
+        first_seen.setdefault(g, len(first_seen))
+    return np.array([first_seen[g] for g in inverse.tolist()]), "embedding"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,7 +891,10 @@ def plan_topk(
         potentials: A previous result for the same embeddings, cost and eps: skips the solve.
 
     Returns:
-        :class:`PlanTopK` ``(indices (Q, k), scores (Q, k), potentials)``.
+        :class:`PlanTopK` ``(indices (Q, k), scores (Q, k), potentials)``. Items with equal
+        scores are ordered as :func:`torch.topk` leaves them (no tie rule applies to a list;
+        compare ``scores`` to find ties, and use :func:`retrieval_metrics` for tie-aware
+        metrics).
 
     Raises:
         ValueError: for mismatched embeddings, ``k`` outside [1, gallery size], an unknown
@@ -735,6 +978,8 @@ def zero_shot_classification(
     ks: Sequence[int] = (1, 5, 10),
     map_k: int = 10,
     chunk_size: int = 1024,
+    ties: Ties = "expected",
+    per_query: bool = False,
 ) -> dict:
     """Zero-shot classification by ranking class prompts for each clip (paper Table 3).
 
@@ -750,25 +995,31 @@ def zero_shot_classification(
         audio_emb: (N, d) clip embeddings.
         class_text_emb: (C, d) class-prompt embeddings.
         labels: (N,) integer true class in [0, C).
-        cost, rank_by, eps, sinkhorn_kwargs, ks, map_k, chunk_size: as
-            :func:`retrieval_metrics`.
+        cost, rank_by, eps, sinkhorn_kwargs, ks, map_k, chunk_size, ties: as
+            :func:`retrieval_metrics` (accuracy is R@1, so under ``ties="expected"`` a clip
+            whose true class ties with others for first counts as a fractional hit).
+        per_query: Also return ``"per_query": {"rank", "R@k", "AP@<map_k>"}``, one float per
+            clip as in :func:`retrieval_metrics`, and ``"queries": {"label"}``, each clip's
+            true class index.
         ranking_kwargs: As :func:`retrieval_metrics`, without ``"reference_text"`` (only
             clips are queries here): ``"reference_audio"`` fixes the class prompts' terms.
 
     Returns:
         ``{"accuracy", "R@1", "R@5", "R@10", "mAP@10", "MRR@10", "medR", "meanR",
-        "num_clips", "num_classes", "predicted_classes", "majority_share", "rank_by", "eps"}``,
-        percentages except the ranks and counts. ``predicted_classes`` is the number of distinct
-        classes ranked first for some clip; ``majority_share`` the accuracy of always answering
-        the largest class.
+        "num_clips", "num_classes", "predicted_classes", "majority_share", "rank_by", "eps",
+        "ties"}``, percentages except the ranks and counts. ``predicted_classes`` is the number
+        of distinct classes ranked first for some clip (the first index among tied scores);
+        ``majority_share`` the accuracy of always answering the largest class.
 
     Raises:
-        ValueError: for mismatched shapes, labels outside [0, C), unknown ``rank_by``.
+        ValueError: for mismatched shapes, labels outside [0, C), unknown ``rank_by`` or
+            ``ties``.
     """
     _check_pair(audio_emb, class_text_emb, "audio_emb", "class_text_emb", "N", "C")
     N, n_cls = audio_emb.shape[0], class_text_emb.shape[0]
     _check_index_vector(labels, "labels", N, "N")
     _check_rank_by(rank_by)
+    _check_ties(ties)
     ks = _check_ks(ks)
     _check_k(map_k, "map_k")
     lo, hi = int(labels.min()), int(labels.max())
@@ -784,10 +1035,11 @@ def zero_shot_classification(
     dev = scores.device
     lab = labels.to(dev).long()
     classes = torch.arange(n_cls, device=dev)
-    ranks, ap = _rank_core(scores, lambda s, e: lab[s:e, None] == classes[None, :], map_k)
-    out = _summary(ranks, ap, ks, map_k)
+    outcomes = _rank_core(scores, lambda s, e: lab[s:e, None] == classes[None, :], map_k, ties)
+    clips = _per_query(outcomes, ks, map_k, ties)
+    out = _summary(clips, ks, map_k)
     out = {
-        "accuracy": 100.0 * float((ranks == 0).double().mean()),
+        "accuracy": 100.0 * float(np.mean(_hit_probability(outcomes, 1, ties).cpu().numpy())),
         **out,
         f"MRR@{map_k}": out[f"mAP@{map_k}"],
         "num_clips": N,
@@ -798,7 +1050,11 @@ def zero_shot_classification(
         "majority_share": 100.0 * float(torch.bincount(lab, minlength=n_cls).max()) / N,
         "rank_by": rank_by,
         "eps": float(eps) if rank_by in _EPS_RANKINGS else None,
+        "ties": ties,
     }
+    if per_query:
+        out["per_query"] = _as_lists(clips)
+        out["queries"] = {"label": lab.cpu().tolist()}
     return out
 
 

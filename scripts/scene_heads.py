@@ -109,9 +109,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     runs_dir = REPO / "_build" / "runs" / "scene_heads" / args.config
     t_all = time.perf_counter()
-    for seed in settings["seeds"]:
-        for loss_name, loss in LOSSES.items():
-            for head_name, heads in HEADS.items():
+    for seed in settings["seeds"]:  # cheapest heads first: a seed's pairs complete early
+        for head_name, heads in HEADS.items():
+            for loss_name, loss in LOSSES.items():
                 key = (loss_name, head_name, seed)
                 if key in rec.runs:
                     continue

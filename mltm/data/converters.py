@@ -346,7 +346,7 @@ def prepare_esc50(
     src: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    folds: Iterable[int] = (5,),
+    folds: Iterable[int] = (1, 2, 3, 4, 5),
     template: str = "This is a sound of {category}",
     absolute_paths: bool = False,
 ) -> ConversionReport:
@@ -359,14 +359,16 @@ def prepare_esc50(
     spaces: ``crying_baby`` → "This is a sound of crying baby", the paper's prompt, §5.1);
     ``label`` is the category as in the CSV and ``group`` the Freesound ``src_file``.
 
-    The paper evaluates on "the test set" of 400 clips, i.e. one of ESC-50's five folds, but
-    does not say which (nor does the reference code). The default is fold 5, the last fold,
-    the usual held-out fold; pass ``folds=(1, 2, 3, 4, 5)`` for all 2,000 clips.
+    The default is all five folds (2,000 clips): a zero-shot model trains on none of them, so
+    the usual zero-shot protocol (CLAP, AudioCLIP, Wav2CLIP) scores every clip. The paper
+    instead evaluates on "the test set" of 400 clips, i.e. one of ESC-50's five folds, without
+    saying which (nor does the reference code); ``folds=(5,)`` takes the last fold, the usual
+    held-out one.
 
     Args:
         src: The release folder (``ESC-50-master``).
         out: The dataset directory to write.
-        folds: Folds to include.
+        folds: Folds to include (default all five).
         template: Caption template with a ``{category}`` field.
         absolute_paths: Store absolute audio paths instead of paths relative to ``out``.
 

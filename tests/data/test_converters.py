@@ -161,9 +161,32 @@ def esc50(tmp_path, tone):
     return src
 
 
-def test_esc50_default_fold_5(esc50, tmp_path):
+def test_esc50_defaults_to_all_five_folds(esc50, tmp_path):
+    # The zero-shot protocol scores every clip: 5 folds x 2 rows, one file missing.
+    rep = prepare_esc50(esc50, tmp_path / "esc")
+    recs = read_manifest(tmp_path / "esc" / "test.jsonl")
+    assert rep.num_skipped(reason="missing") == 1
+    assert sorted(int(r.clip_id[0]) for r in recs) == [1, 1, 2, 2, 3, 3, 4, 4, 5]
+    p = _run("prepare_esc50.py", esc50, tmp_path / "cli")
+    assert p.returncode == 0 and "test: 9 clips" in p.stdout, p.stdout + p.stderr
+    assert [r.clip_id for r in read_manifest(tmp_path / "cli" / "test.jsonl")] == \
+        [r.clip_id for r in recs]
+
+
+def test_esc50_fold_option_keeps_one_fold(esc50, tmp_path):
+    p = _run("prepare_esc50.py", esc50, tmp_path / "f2", "--fold", "2")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert [r.clip_id for r in read_manifest(tmp_path / "f2" / "test.jsonl")] == \
+        ["2-100-A-0", "2-101-A-1"]
+    p = _run("prepare_esc50.py", esc50, tmp_path / "f6", "--fold", "6")
+    assert p.returncode == 2 and "argument --fold: invalid choice: 6" in p.stderr
+    p = _run("prepare_esc50.py", esc50, tmp_path / "both", "--fold", "5", "--folds", "4")
+    assert p.returncode == 2 and "not allowed with argument" in p.stderr
+
+
+def test_esc50_fold_5(esc50, tmp_path):
     out = tmp_path / "esc"
-    rep = prepare_esc50(esc50, out)
+    rep = prepare_esc50(esc50, out, folds=(5,))
     (rec,) = read_manifest(out / "test.jsonl")  # fold 5 has 2 rows, one file missing
     assert rep.num_skipped(reason="missing") == 1 and "5-101-A-1.wav" in rep.summary()
     assert rec.captions == ("This is a sound of dog",) and rec.label == "dog"

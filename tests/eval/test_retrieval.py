@@ -190,25 +190,36 @@ def test_medr_floors_the_median_of_an_even_count():
                             cost=_lookup_cost(D))
     # a2t: clip 0 ranks caption 0 first (rank 0); clip 1 ranks 0, 1, 2: best relevant rank 1.
     assert got["a2t"]["medR"] == 1.0 and got["a2t"]["meanR"] == 1.5
-    # t2a ranks: caption 0 -> tie 0.1/0.1 (optimistic: 0), caption 1 -> clip 1 (0.2 < 0.9): 0,
+    # t2a ranks: caption 0 -> tie 0.1/0.1 (a hit with probability 1/2 under random
+    # tie-breaking, always under the optimistic rule), caption 1 -> clip 1 (0.2 < 0.9): 0,
     # caption 2 -> clip 1 (0.3 < 0.5): 0.
-    assert got["t2a"]["R@1"] == 100.0
+    assert got["t2a"]["R@1"] == pytest.approx(100 * 2.5 / 3, rel=1e-15)
+    optimistic = retrieval_metrics(torch.tensor([[0.0], [1.0]]),
+                                   torch.tensor([[0.0], [1.0], [2.0]]), cc,
+                                   cost=_lookup_cost(D), ties="optimistic")
+    assert optimistic["t2a"]["R@1"] == 100.0
 
 
-def test_ties_are_broken_optimistically():
+def test_optimistic_ties():
     scores = torch.tensor([[1.0, 1.0, 0.5, 1.0],
                            [1.0, 1.0, 0.5, 1.0]])
     rel = torch.tensor([[False, True, False, False],
                         [False, True, True, False]])
+    opt = {"ties": "optimistic"}
     # The relevant item ties with two others at the top: rank 0 (count of strictly better).
-    assert ranks_from_scores(scores, rel).tolist() == [0, 0]
+    assert ranks_from_scores(scores, rel, **opt).tolist() == [0, 0]
     # AP: a relevant item comes before the non-relevant items it ties with.
     # Row 1 order: rel(1.0), non(1.0), non(1.0), rel(0.5) -> (1/1 + 2/4) / 2.
-    torch.testing.assert_close(average_precision_at_k(scores, rel, k=10),
+    torch.testing.assert_close(average_precision_at_k(scores, rel, k=10, **opt),
                                torch.tensor([1.0, 0.75], dtype=F64))
     # k cuts the second relevant item off: (1/1) / 2.
-    torch.testing.assert_close(average_precision_at_k(scores, rel, k=3),
+    torch.testing.assert_close(average_precision_at_k(scores, rel, k=3, **opt),
                                torch.tensor([1.0, 0.5], dtype=F64))
+    # By default the rank is the mean over the 3! orders of the tie: (3 + 1)/(1 + 1) - 1 = 1,
+    # and AP@10 the mean of 1/1, 1/2, 1/3 (row 0) and of (1/p + 2/4)/2 over p = 1..3 (row 1).
+    assert ranks_from_scores(scores, rel).tolist() == [1.0, 1.0]
+    torch.testing.assert_close(average_precision_at_k(scores, rel, k=10),
+                               torch.tensor([11 / 18, (11 / 18 + 0.5) / 2], dtype=F64))
 
 
 def test_ap_with_a_single_relevant_item_is_reciprocal_rank_cut_at_k():
@@ -354,9 +365,12 @@ def test_clip_group_makes_same_class_clips_interchangeable():
         assert grouped[direction]["R@1"] == grouped[direction]["mAP@10"] == 100.0
         assert grouped[direction]["meanR"] == 1.0
     # Plain: each query's single relevant item ties with the other clip's (caption's) item;
-    # optimistic tie-breaking still puts it first.
-    plain = retrieval_metrics(audio, text, cc)
+    # optimistic tie-breaking still puts it first, random tie-breaking half of the time.
+    plain = retrieval_metrics(audio, text, cc, ties="optimistic")
     assert plain["a2t"]["R@1"] == plain["t2a"]["R@1"] == plain["t2a"]["mAP@10"] == 100.0
+    plain = retrieval_metrics(audio, text, cc)
+    assert plain["a2t"]["R@1"] == plain["t2a"]["R@1"] == 50.0
+    assert plain["t2a"]["mAP@10"] == 75.0 and plain["t2a"]["meanR"] == 1.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,8 +610,8 @@ def test_zero_shot_labels_out_of_range():
 def test_float64_scores_that_differ_by_rounding_noise_tie():
     # Two captions with the same text whose embeddings came out of different rows of a matrix
     # product differ in the last bits; on another CPU the order of those bits flips. After
-    # the score grid (mltm.numerics.round_to_grid) they tie exactly, so the optimistic rank
-    # is the same whichever copy came out larger.
+    # the score grid (mltm.numerics.round_to_grid) they tie exactly, so the rank is the same
+    # whichever copy came out larger.
     g = torch.Generator().manual_seed(3)
     audio = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64),
                                           dim=-1)
