@@ -307,7 +307,7 @@ class Trainer:
         a, t = project_evalset(model, es, self.device)
         group = es.label_groups() if self.cfg.eval.relevance == "label" else None
         return evaluate_embeddings(a, t, es.caption_clip, loss, rank_by="distance",
-                                   eps=self.cfg.eval.plan_eps, clip_group=group)
+                                   eps=self.cfg.eval.plan_eps, clip_group=group, evalset=es)
 
     def _write_metrics(self, history: list[dict[str, Any]]) -> None:
         keys: list[str] = []
@@ -328,9 +328,14 @@ class Trainer:
         es = source.test_set(model)
         a, t = project_evalset(model, es, self.device)
         group = es.label_groups() if cfg.eval.relevance == "label" else None
+        # per-query outcomes (expected hit probabilities, ranks, AP) for paired statistics
+        # (mltm.verdicts); the query metadata (clip, label) is the same for both rankings
         test = {rank_by: evaluate_embeddings(a, t, es.caption_clip, loss, rank_by=rank_by,
-                                             eps=cfg.eval.plan_eps, clip_group=group)
+                                             eps=cfg.eval.plan_eps, clip_group=group,
+                                             evalset=es, per_query=True)
                 for rank_by in ("distance", "plan")}
+        test["queries"] = test["distance"].pop("queries")
+        test["plan"].pop("queries")
         results = {
             "provenance": provenance(self.device, cfg.to_dict(), time.perf_counter() - t_start,
                                      world_size=distributed.get_world_size()),
