@@ -1,12 +1,15 @@
 """Checkpoints: what they hold, how they are written, and how they are read safely.
 
-A checkpoint (``last.pt`` every epoch, ``best.pt`` when validation improves) holds the trained
-weights (frozen encoders left out: they are rebuilt from the config), the loss (M), the
-optimiser and every RNG state, the config, the history and the best epoch so far: enough for
-``--resume`` to continue exactly (:func:`resume_from`). It holds **tensors and plain data
-only** (:data:`CHECKPOINT_FORMAT`): it is written atomically by :func:`save_checkpoint` and read
-by :func:`read_checkpoint` with ``torch.load(weights_only=True)``, so a checkpoint received from
-elsewhere never runs pickled code. :func:`load_checkpoint` rebuilds the model and loss.
+A checkpoint (``last.pt`` every epoch; ``best_<ranking>.pt`` when a ranking's validation score
+improves, and ``best.pt``, a copy of the first ranking's, see :class:`mltm.train.Selection`)
+holds the trained weights (frozen encoders left out: they are rebuilt from the config), the
+loss (M, or a learned NT-Xent temperature), the optimiser and every RNG state, the config, the
+history and each selection criterion's best epoch so far (``best``: ``{criterion: {"epoch",
+"score"}}``): enough for ``--resume`` to continue exactly (:func:`resume_from`). It holds
+**tensors and plain data only** (:data:`CHECKPOINT_FORMAT`): it is written atomically by
+:func:`save_checkpoint` and read by :func:`read_checkpoint` with
+``torch.load(weights_only=True)``, so a checkpoint received from elsewhere never runs pickled
+code. :func:`load_checkpoint` rebuilds the model and loss.
 """
 
 from __future__ import annotations

@@ -149,10 +149,18 @@ class LossConfig:
         name: ``mltm``, ``mltm_partial``, ``ntxent``, ``triplet``, ``contrastive_entropic``.
         eps: ε of the m-LTM plan (paper 0.05) or the weight of the entropic term (eq. 14).
         mass: Transported mass s of ``mltm_partial``.
-        tau: Temperature of the contrastive losses.
+        tau: Temperature of the contrastive losses (the starting value when it is learned).
+        learnable_temperature: ``ntxent`` only: learn the temperature as CLIP does (Radford
+            et al. 2021): a log-scale parameter ``logit_scale`` = log(1/τ), initialised from
+            ``tau`` (0.07: log(1/0.07)) and clamped after every step so that the scale 1/τ
+            stays at most 100. It is optimised with the heads (learning rate ``optim.lr``, no
+            weight decay). False (default) keeps τ fixed.
         margin: Margin of the triplet loss.
         cost_normalization: ``none`` (paper) or ``max`` (released code).
-        sinkhorn_max_iter, sinkhorn_tol: Solver budget in training.
+        sinkhorn_max_iter, sinkhorn_tol: Solver budget in training: a step whose solve stops
+            at ``sinkhorn_max_iter`` iterations before reaching ``sinkhorn_tol`` is *capped*
+            (counted per epoch as ``sinkhorn_unconverged`` and per run as the share
+            ``results["sinkhorn"]["capped_share"]``); raise the cap for recorded runs.
         metric: Ground metric settings.
     """
 
@@ -160,6 +168,7 @@ class LossConfig:
     eps: float = 0.05
     mass: float = 0.95
     tau: float = 0.07
+    learnable_temperature: bool = False
     margin: float = 0.2
     cost_normalization: str = "none"
     sinkhorn_max_iter: int = 1000
@@ -200,14 +209,21 @@ class EvalConfig:
 
     Attributes:
         select_by: Model selection on validation: ``r_sum`` (R@1+R@5+R@10 of both
-            directions) or ``loss``.
-        plan_eps: ε of the transductive plan ranking at test time.
+            directions, under each ranking of ``rankings``) or ``loss`` (the training loss:
+            every ranking shares one checkpoint).
+        rankings: The rankings validated every epoch (``distance``: by the learned cost;
+            ``plan``: by the transductive Sinkhorn plan, one solve per epoch). With
+            ``select_by: r_sum`` each keeps its own best checkpoint ``best_<ranking>.pt``
+            and is tested with it, so a table reports every ranking with the checkpoint
+            that ranking selected; ``best.pt`` is the one the first ranking selected.
+        plan_eps: ε of the transductive plan ranking (validation and test).
         relevance: ``clip`` (the paper: only a clip's own captions are hits) or ``label``
             (every clip of the same class; for datasets whose captions are per-class
             templates).
     """
 
     select_by: str = "r_sum"
+    rankings: list[str] = field(default_factory=lambda: ["distance", "plan"])
     plan_eps: float = 0.05
     relevance: str = "clip"
 

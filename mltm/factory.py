@@ -99,7 +99,13 @@ def _build_loss(cfg: TrainConfig) -> MatchingLoss:
             kw["mass"] = lc.mass
         return build_loss(lc.name, dim=cfg.model.joint_dim,
                           metric={**metric, "generator": gen}, **kw)
+    if lc.learnable_temperature and lc.name != "ntxent":
+        raise ValueError(f"loss.learnable_temperature applies to loss.name 'ntxent' only, not "
+                         f"{lc.name!r}; remove it or set loss.name=ntxent")
     if lc.name == "ntxent":
+        if lc.learnable_temperature:  # the keyword only when set: the default builds as before
+            return build_loss("ntxent", dim=cfg.model.joint_dim, tau=lc.tau,
+                              learnable_temperature=True)
         return build_loss("ntxent", dim=cfg.model.joint_dim, tau=lc.tau)
     if lc.name == "triplet":
         return build_loss("triplet", dim=cfg.model.joint_dim, margin=lc.margin)
@@ -109,6 +115,8 @@ def _build_loss(cfg: TrainConfig) -> MatchingLoss:
 
 
 _ENCODERS = ("audio_encoder.", "text_encoder.")
+#: Loss parameters that are a learned temperature (optimised with the heads, not with M).
+_TEMPERATURE = ("logit_scale",)
 
 
 def build_optimizer(o: OptimConfig, model: torch.nn.Module,
@@ -116,8 +124,11 @@ def build_optimizer(o: OptimConfig, model: torch.nn.Module,
     """Adam over the trainable parameters, in named groups (the hybrid step of eq. 11).
 
     ``heads`` (learning rate ``o.lr``), ``encoders`` when an encoder is fine-tuned
-    (``o.encoder_lr``, default ``o.lr``) and ``metric``, the loss's M (``o.metric_lr``,
-    default ``o.lr``); the PSD projection of M after each step is the loss's ``project_``.
+    (``o.encoder_lr``, default ``o.lr``), ``metric``, the loss's M (``o.metric_lr``,
+    default ``o.lr``), and ``temperature``, a learned NT-Xent log-scale
+    (``loss.learnable_temperature``: ``o.lr`` as the heads, no weight decay, as CLIP); the
+    PSD projection of M (or the clamp of the log-scale) after each step is the loss's
+    ``project_``.
     """
     groups = [{"params": [p for n, p in model.named_parameters()
                           if p.requires_grad and not n.startswith(_ENCODERS)],
@@ -126,7 +137,11 @@ def build_optimizer(o: OptimConfig, model: torch.nn.Module,
            if p.requires_grad and n.startswith(_ENCODERS)]
     if enc:
         groups.append({"params": enc, "lr": o.encoder_lr or o.lr, "name": "encoders"})
-    metric = [p for p in loss.parameters() if p.requires_grad]
+    metric = [p for n, p in loss.named_parameters() if p.requires_grad and n not in _TEMPERATURE]
     if metric:
         groups.append({"params": metric, "lr": o.metric_lr or o.lr, "name": "metric"})
+    temperature = [p for n, p in loss.named_parameters() if p.requires_grad and n in _TEMPERATURE]
+    if temperature:
+        groups.append({"params": temperature, "lr": o.lr, "weight_decay": 0.0,
+                       "name": "temperature"})
     return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)

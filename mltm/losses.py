@@ -24,6 +24,7 @@ for losses without a constrained parameter).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -231,25 +232,65 @@ class NTXentLoss(MatchingLoss):
     rescales the learning rate). Same-clip off-diagonal pairs are removed from the
     denominators when ``clip_ids`` is given (the released code's mask has no effect).
 
+    With ``learnable_temperature=True`` the temperature is learned as in CLIP (Radford et
+    al. 2021, §2.5): ``S = cos(audio, text) · exp(logit_scale)`` with the parameter
+    ``logit_scale`` initialised to log(1/τ) and clamped to [0, log 100] by :meth:`project_`
+    after every optimiser step (as OpenCLIP does), so the scale 1/τ stays in [1, 100]. The
+    clamp is outside the forward pass, so the gradient of ``logit_scale`` is the exact
+    derivative of the loss.
+
     Args:
-        tau: Temperature τ (released code: fixed 0.07).
+        tau: Temperature τ (released code: fixed 0.07); the starting value when learned.
+        learnable_temperature: Learn log(1/τ) (default False: τ fixed).
     """
 
     name = "ntxent"
 
-    def __init__(self, tau: float = 0.07) -> None:
+    #: Upper bound of the learned scale 1/τ (CLIP: "clipped to prevent scaling the logits by
+    #: more than 100").
+    MAX_LOGIT_SCALE = 100.0
+
+    def __init__(self, tau: float = 0.07, *, learnable_temperature: bool = False) -> None:
         super().__init__()
         if tau <= 0:
             raise ValueError(f"tau must be positive, got {tau}")
+        if learnable_temperature and tau < 1.0 / self.MAX_LOGIT_SCALE:
+            raise ValueError(f"tau {tau} is below 1/{self.MAX_LOGIT_SCALE:g}, the smallest "
+                             "learnable temperature; start from a larger tau (CLIP: 0.07)")
         self.tau = float(tau)
+        self.learnable_temperature = bool(learnable_temperature)
+        if self.learnable_temperature:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / self.tau)))
+
+    @property
+    def temperature(self) -> float:
+        """The current temperature τ (``1 / exp(logit_scale)`` when learned)."""
+        if self.learnable_temperature:
+            return float(torch.exp(-self.logit_scale.detach()))
+        return self.tau
 
     def logits(self, audio, text, clip_ids=None) -> torch.Tensor:
         """``S = cos(audio, text) / τ`` with same-clip off-diagonal pairs set to -inf."""
         b = audio.shape[0]
-        S = (1.0 - cosine_distance(audio, text)) / self.tau
+        if self.learnable_temperature:
+            S = (1.0 - cosine_distance(audio, text)) * self.logit_scale.exp()
+        else:
+            S = (1.0 - cosine_distance(audio, text)) / self.tau
         other_positive = same_clip_mask(b, clip_ids, S.device) & ~torch.eye(
             b, dtype=torch.bool, device=S.device)
         return S.masked_fill(other_positive, float("-inf"))
+
+    def project_(self) -> int:
+        """Clamp a learned ``logit_scale`` to [0, log 100] (CLIP); returns #clamped values."""
+        if not self.learnable_temperature:
+            return 0
+        with torch.no_grad():
+            v = self.logit_scale.item()
+            lo, hi = 0.0, math.log(self.MAX_LOGIT_SCALE)
+            if lo <= v <= hi:
+                return 0
+            self.logit_scale.clamp_(lo, hi)
+            return 1
 
     def forward(self, audio, text, clip_ids=None):
         """Mean of the audio→text and text→audio cross-entropies of :meth:`logits`."""
@@ -344,7 +385,8 @@ def build_loss(name: str, *, dim: int, metric: dict[str, Any] | None = None,
         dim: Joint embedding dimension (for the ground metric of the m-LTM losses).
         metric: Keywords of :class:`MahalanobisCost` for the m-LTM losses (e.g.
             ``{"kind": "full", "init": "identity"}``); ignored by name-checking for others.
-        **kwargs: Keywords of the loss class (``eps``, ``mass``, ``tau``, ``margin``...).
+        **kwargs: Keywords of the loss class (``eps``, ``mass``, ``tau``,
+            ``learnable_temperature`` (``ntxent``), ``margin``...).
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")

@@ -97,7 +97,8 @@ def test_run_records_after_every_run_and_a_second_execution_resumes(data_root, e
     assert exp.runs_dir == tmp_path / "_build" / "runs" / "grid" / "cpu"
     first = exp.run(("debsfx-ci", "NT-Xent", 0), config(data_root), encoded,
                     evaluate=lambda out: {"files": sorted(p.name for p in out.glob("*.pt"))})
-    assert first["files"] == ["best.pt", "last.pt"]
+    # best.pt (a copy of best_distance.pt), one best checkpoint per validated ranking, last.pt
+    assert first["files"] == ["best.pt", "best_distance.pt", "best_plan.pt", "last.pt"]
     assert (exp.run_dir(("debsfx-ci", "NT-Xent", 0)) / "results.json").is_file()
     saved = Records.load(exp.records_path)  # saved after the first run already
     assert list(saved.runs) == [("debsfx-ci", "NT-Xent", 0)]
