@@ -162,7 +162,8 @@ class Selection:
     def __init__(self, select_by: str, rankings: list[str]) -> None:
         if select_by not in ("r_sum", "loss"):
             raise ValueError(f"eval.select_by {select_by!r}: use 'r_sum' or 'loss'")
-        known = typing.get_args(RankBy)
+        # rankings computed from the split alone (plan_reference needs reference embeddings)
+        known = tuple(r for r in typing.get_args(RankBy) if r != "plan_reference")
         if (not isinstance(rankings, (list, tuple)) or not rankings
                 or not all(isinstance(r, str) for r in rankings)):
             raise ValueError(f"eval.rankings {rankings!r}: give a non-empty list of rankings, "
@@ -530,7 +531,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     stopped at the iteration cap (None for losses without a plan)."""
     out: dict[str, Any] = {"out_dir": results["provenance"]["config"]["out_dir"],
                            "best_epoch": results["best_epoch"]}
-    for r, m in results["test"].items():
+    for r in results["selection"]:
+        m = results["test"][r]
         out[f"{r}_best_epoch"] = results["selection"][r]["best_epoch"]
         out[f"test_{r}_a2t_R@1"] = m["a2t"]["R@1"]
         out[f"test_{r}_t2a_R@1"] = m["t2a"]["R@1"]

@@ -77,7 +77,9 @@ def test_selection_keeps_the_first_best_epoch_of_each_ranking():
     ("r_sum", "plan", "eval.rankings 'plan': give a non-empty list of rankings, e.g. "
                       "[distance, plan]"),
     ("r_sum", ["distance", "cosine"], "eval.rankings: unknown ranking(s) 'cosine'; use any of "
-                                      "distance, plan"),
+                                      "distance, plan, csls, inverted_softmax"),
+    ("r_sum", ["plan_reference"], "eval.rankings: unknown ranking(s) 'plan_reference'; use any "
+                                  "of distance, plan, csls, inverted_softmax"),
     ("r_sum", ["plan", "plan"], "eval.rankings ['plan', 'plan'] names a ranking twice; list "
                                 "each once"),
 ])
@@ -103,6 +105,12 @@ def test_checkpoints_from_before_per_ranking_selection():
 # -- training runs --------------------------------------------------------------------------
 
 
+def without_per_query(metrics: dict) -> dict:
+    """A ranking's test metrics as ``test_cross`` keeps them: the summaries, no per-query lists."""
+    return {k: {kk: vv for kk, vv in v.items() if kk != "per_query"} if isinstance(v, dict)
+            else v for k, v in metrics.items()}
+
+
 def test_each_ranking_is_tested_with_the_checkpoint_it_selected(data_root, shared, tmp_path):
     cfg = config(data_root, tmp_path)
     res = Trainer(cfg, **shared).run()
@@ -118,9 +126,13 @@ def test_each_ranking_is_tested_with_the_checkpoint_it_selected(data_root, share
         a, t = project_evalset(model, test_es, "cpu")
         for ranking in RANKINGS:  # every ranking of this checkpoint, evaluated afresh
             again = evaluate_embeddings(a, t, test_es.caption_clip, loss, rank_by=ranking,
-                                        eps=cfg.eval.plan_eps)
-            assert res["test_cross"][f"{r}_selected"][ranking] == again, (r, ranking)
-        assert res["test"][r] == res["test_cross"][f"{r}_selected"][r]
+                                        eps=cfg.eval.plan_eps, evalset=test_es, per_query=True)
+            queries = again.pop("queries")
+            # test_cross keeps the summaries; the reported entry keeps the per-query outcomes
+            assert res["test_cross"][f"{r}_selected"][ranking] == without_per_query(again), \
+                (r, ranking)
+            if ranking == r:
+                assert res["test"][r] == again and res["test"]["queries"] == queries
     assert res["test"]["plan"] != res["test_cross"]["distance_selected"]["plan"]
     best = read_checkpoint(tmp_path / "best.pt")  # best.pt: the distance-selected checkpoint
     assert best["epoch"] == res["best_epoch"] == epochs["distance"]
@@ -141,7 +153,8 @@ def test_selection_by_loss_shares_one_checkpoint(data_root, shared, tmp_path):
     for r in RANKINGS:
         assert res["selection"][r] == {"selected_by": "loss", "best_epoch": epoch,
                                        "checkpoint": "best.pt"}
-        assert res["test"][r] == res["test_cross"]["loss_selected"][r]
+        assert without_per_query(res["test"][r]) == res["test_cross"]["loss_selected"][r]
+        assert len(res["test"][r]["a2t"]["per_query"]["R@1"]) == res["test_clips"]
     assert "val_plan_r_sum" in hist[0]  # every ranking is still validated and recorded
 
 
