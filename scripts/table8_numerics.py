@@ -402,16 +402,29 @@ def verdicts(rec: Records) -> list[str]:
                 per_eps.append(f"ε {eps:g} -> ε_eff {e:.4f} (s(M) {s0:.3f} -> {s:.3f})")
         if per_eps:
             lines.append(f"  {arm}: " + "; ".join(per_eps))
-    best = {}
     for arm in ("stable-none", "stable-max", "stable-trace"):
-        scores = {eps: statistics.fmean(r1(r) for r in cell(arm, eps))
-                  for eps in eps_grid if cell(arm, eps)}
-        if scores:
-            best[arm] = (max(scores, key=scores.get), scores)
-    for arm, (eps, scores) in best.items():
-        lo, hi = min(scores.values()), max(scores.values())
-        lines.append(f"  {arm}: best ε by test R@1 (plan) {eps:g}; R@1 across the grid "
-                     f"{lo:.1f}..{hi:.1f} (spread {hi - lo:.1f})")
+        ratios = [r["scale"]["eps_eff_end"] / r["eps"] for (a, _, _), r in runs.items()
+                  if a == arm and r["model_finite"]]
+        drift = [abs(r["scale"]["trace_over_d_end"] / r["scale"]["trace_over_d_start"] - 1)
+                 for (a, _, _), r in runs.items() if a == arm and r["model_finite"]]
+        if ratios:
+            lines.append(f"  {arm}: ε_eff / ε in [{min(ratios):.3f}, {max(ratios):.3f}]; "
+                         f"s(M) moved by at most {100 * max(drift):.2f} % during training")
+    for arm in ("stable-none", "stable-max", "stable-trace"):
+        per_seed = {eps: [r1(r) for r in cell(arm, eps)] for eps in eps_grid if cell(arm, eps)}
+        if len(per_seed) < 2 or min(len(v) for v in per_seed.values()) < 2:
+            continue
+        means = {eps: statistics.fmean(v) for eps, v in per_seed.items()}
+        best_eps, worst_eps = max(means, key=means.get), min(means, key=means.get)
+        n = min(len(v) for v in per_seed.values())
+        sd = math.sqrt(statistics.fmean(statistics.variance(v) for v in per_seed.values()))
+        se = sd * math.sqrt(2 / n)  # standard error of a difference of two cell means
+        gap = means[best_eps] - means[worst_eps]
+        lines.append(
+            f"  {arm}: test R@1 (plan) best at ε {best_eps:g} ({means[best_eps]:.1f}), worst at "
+            f"ε {worst_eps:g} ({means[worst_eps]:.1f}): {gap:.1f} points = {gap / se:.1f} "
+            f"standard errors of a difference (pooled seed sd {sd:.1f}, {n} seeds) -> "
+            + ("the grid separates" if gap > 2 * se else "within the seed noise (rule: > 2 SE)"))
     return lines
 
 
