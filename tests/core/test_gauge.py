@@ -145,6 +145,9 @@ def test_centre_removes_the_modality_gap_from_the_loss():
 
     assert math.isclose(value(loss, a + shift), value(loss, a), rel_tol=1e-10)
     assert not math.isclose(value(loss_of(), a + shift), value(loss_of(), a), rel_tol=1e-3)
+    # both sides are centred: the paper's loss on the centred embeddings
+    centred = float(loss_of()(a - a.mean(0), t - t.mean(0)).detach())
+    assert math.isclose(value(loss, a), centred, rel_tol=1e-12)
 
 
 def test_centre_keeps_running_means_for_ranking():

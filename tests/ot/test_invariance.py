@@ -245,6 +245,7 @@ def test_skewness_and_hub_share(gen):
     assert skewness(torch.full((5,), 3.0)) == 0.0
     c = torch.tensor([10.0, 0, 0, 5, 5] + [0] * 95)
     assert hub_share(c, 0.01) == 0.5 and hub_share(c, 0.03) == 1.0
+    assert hub_share(torch.cat([c, torch.zeros(50)]), 0.01) == 0.75  # ceil(1.5) = 2 items
     hub = torch.full((4, 6), -1.0)
     hub[:, 2] = 0.0  # every query ranks item 2 first
     summary = hubness_summary(hub, 1)
