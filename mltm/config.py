@@ -161,7 +161,15 @@ class LossConfig:
             at ``sinkhorn_max_iter`` iterations before reaching ``sinkhorn_tol`` is *capped*
             (counted per epoch as ``sinkhorn_unconverged`` and per run as the share
             ``results["sinkhorn"]["capped_share"]``); raise the cap for recorded runs.
+            ``sinkhorn_tol: null`` runs exactly ``sinkhorn_max_iter`` iterations.
         metric: Ground metric settings.
+        gauge: ``mltm`` only: ``none`` (the paper) or a gauge-fixed variant, ``centre``,
+            ``penalty``, ``infonce``, ``infonce_a2t`` (:class:`mltm.losses.MLTMLoss`).
+        gauge_weight: Weight of the ``penalty`` and ``infonce`` terms.
+        normalization: ``mltm`` only: ``sinkhorn`` (the plan) or ``softmax`` (one Sinkhorn
+            half-step).
+        sinkhorn_grad: ``mltm`` only: ``implicit`` (default) or ``unroll`` (autograd through
+            the iterations; use it with a fixed, small ``sinkhorn_max_iter``).
     """
 
     name: str = "mltm"
@@ -172,8 +180,12 @@ class LossConfig:
     margin: float = 0.2
     cost_normalization: str = "none"
     sinkhorn_max_iter: int = 1000
-    sinkhorn_tol: float = 1e-6
+    sinkhorn_tol: float | None = 1e-6
     metric: MetricConfig = field(default_factory=MetricConfig)
+    gauge: str = "none"
+    gauge_weight: float = 1.0
+    normalization: str = "sinkhorn"
+    sinkhorn_grad: str = "implicit"
 
 
 @dataclass

@@ -97,6 +97,18 @@ def _build_loss(cfg: TrainConfig) -> MatchingLoss:
                               "sinkhorn_kwargs": sk}
         if lc.name == "mltm_partial":
             kw["mass"] = lc.mass
+            changed = [k for k, default in _MLTM_ONLY.items() if getattr(lc, k) != default]
+            if changed:
+                raise ValueError(f"loss.{changed[0]} applies to loss.name=mltm only; remove it "
+                                 "for mltm_partial")
+        else:
+            kw.update(gauge=lc.gauge, gauge_weight=lc.gauge_weight,
+                      normalization=lc.normalization)
+            if lc.sinkhorn_grad not in ("implicit", "unroll"):
+                raise ValueError(f"loss.sinkhorn_grad {lc.sinkhorn_grad!r}: use 'implicit' or "
+                                 "'unroll'")
+            if lc.sinkhorn_grad != "implicit":  # the default solver call stays as it was
+                sk["grad"] = lc.sinkhorn_grad
         return build_loss(lc.name, dim=cfg.model.joint_dim,
                           metric={**metric, "generator": gen}, **kw)
     if lc.learnable_temperature and lc.name != "ntxent":
@@ -113,6 +125,10 @@ def _build_loss(cfg: TrainConfig) -> MatchingLoss:
         return build_loss("contrastive_entropic", dim=cfg.model.joint_dim, tau=lc.tau, eps=lc.eps)
     return build_loss(lc.name, dim=cfg.model.joint_dim)  # raises with the list of names
 
+
+#: LossConfig fields that only the plain m-LTM loss takes, with their defaults.
+_MLTM_ONLY = {"gauge": "none", "gauge_weight": 1.0, "normalization": "sinkhorn",
+              "sinkhorn_grad": "implicit"}
 
 _ENCODERS = ("audio_encoder.", "text_encoder.")
 #: Loss parameters that are a learned temperature (optimised with the heads, not with M).

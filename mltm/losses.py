@@ -133,7 +133,12 @@ class MLTMLoss(MatchingLoss):
     (The released code returns ``-(1/b) Σ log π_ii``, the same up to the constant log b.)
 
     Gradients reach the cost (and through it the encoders and M) by implicit
-    differentiation of the plan (default) or by unrolling the iterations.
+    differentiation of the plan (default) or by unrolling the iterations. At a converged
+    plan the gradient with respect to C is ``(π̂ - π_ε)/ε``, whose rows and columns sum to
+    zero: the loss is blind to any per-item part ``α_i + β_j`` of the cost (the *gauge* of
+    eq. 3, ``book/chapters/invariance.md``). ``gauge`` adds an optional term that gives
+    those parts a training signal; ``normalization`` replaces the converged plan by one
+    Sinkhorn half-step (a softmax).
 
     Args:
         cost: The ground metric (default: Euclidean on ``dim``-dimensional embeddings;
@@ -142,10 +147,33 @@ class MLTMLoss(MatchingLoss):
         dim: Embedding dimension for the default Euclidean cost.
         cost_normalization: ``"none"`` (the paper) or ``"max"`` (the released code divides
             the batch cost by its maximum, gradients through the max).
-        sinkhorn_kwargs: Extra keywords for the solver (``tol``, ``max_iter``, ``grad``...).
+        sinkhorn_kwargs: Extra keywords for the solver (``tol``, ``max_iter``, ``grad``...);
+            ``{"tol": None, "max_iter": k, "grad": "unroll"}`` trains on the plan after k
+            Sinkhorn iterations (each updates the column scaling, then the row scaling).
+        gauge: ``"none"`` (the paper; the default, unchanged), or a gauge-fixing variant:
+            ``"centre"``: each modality's embeddings are centred on their batch mean before
+            the cost (the modality gap drops out of the loss), and :meth:`ranking_cost`
+            centres with the running means of training (momentum 0.1);
+            ``"penalty"``: adds ``gauge_weight · (mean_i r_i² + mean_j s_j²)``, the squared
+            norm of the batch cost's per-item terms (row effects ``r_i = mean_j C_ij - mean C``,
+            column effects ``s_j = mean_i C_ij - mean C``);
+            ``"infonce"``: adds ``gauge_weight`` times the symmetric InfoNCE on ``-C/ε``
+            (the mean of the audio→text and text→audio cross-entropies on the same cost);
+            ``"infonce_a2t"``: the same with the audio→text (row) cross-entropy only.
+        gauge_weight: Weight of the ``penalty`` and ``infonce`` terms (>= 0).
+        normalization: ``"sinkhorn"`` (the plan of eq. 3, default) or ``"softmax"``: one
+            Sinkhorn half-step instead of the plan, the first one :func:`mltm.ot.sinkhorn`
+            takes (columns: ``π_ij = b_j softmax_i(-C_ij/ε)``), so the loss is the
+            text→audio cross-entropy on ``-C/ε``.
     """
 
     name = "mltm"
+    #: The gauge-fixing variants of ``gauge``.
+    GAUGES = ("none", "centre", "penalty", "infonce", "infonce_a2t")
+    #: The normalisations of ``normalization``.
+    NORMALIZATIONS = ("sinkhorn", "softmax")
+    #: Momentum of the running means kept by ``gauge="centre"``.
+    CENTRE_MOMENTUM = 0.1
 
     def __init__(
         self,
@@ -155,10 +183,20 @@ class MLTMLoss(MatchingLoss):
         dim: int | None = None,
         cost_normalization: str = "none",
         sinkhorn_kwargs: dict[str, Any] | None = None,
+        gauge: str = "none",
+        gauge_weight: float = 1.0,
+        normalization: str = "sinkhorn",
     ) -> None:
         super().__init__()
         if eps <= 0:
             raise ValueError(f"eps must be positive, got {eps}")
+        if gauge not in self.GAUGES:
+            raise ValueError(f"unknown gauge {gauge!r}; choose one of {self.GAUGES}")
+        if not gauge_weight >= 0:
+            raise ValueError(f"gauge_weight must be >= 0, got {gauge_weight}")
+        if normalization not in self.NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {normalization!r}; choose one of "
+                             f"{self.NORMALIZATIONS}")
         if cost is None:
             if dim is None:
                 raise ValueError("give a cost (e.g. MahalanobisCost(d)) or dim for Euclidean")
@@ -167,9 +205,25 @@ class MLTMLoss(MatchingLoss):
         self.eps = float(eps)
         self.cost_normalization = cost_normalization
         self.sinkhorn_kwargs = dict(sinkhorn_kwargs or {})
+        self.gauge = gauge
+        self.gauge_weight = float(gauge_weight)
+        self.normalization = normalization
+        if gauge == "centre":
+            # Buffers only for this variant: the state dict of every other loss is unchanged.
+            first = next(iter(cost.parameters()), None)
+            dtype = first.dtype if first is not None else torch.get_default_dtype()
+            self.register_buffer("audio_mean", torch.zeros(cost.dim, dtype=dtype))
+            self.register_buffer("text_mean", torch.zeros(cost.dim, dtype=dtype))
+            self.register_buffer("means_seen", torch.zeros((), dtype=torch.long))
 
     def ranking_cost(self, x, y):
-        """The learned ground cost ``cost(x, y)``: galleries are ranked by the trained metric."""
+        """The learned ground cost ``cost(x, y)``: galleries are ranked by the trained metric.
+
+        With ``gauge="centre"`` each side is first centred on the running mean of its
+        modality over training (inductive: the gallery's own mean is not used).
+        """
+        if self.gauge == "centre":
+            x, y = x - self.audio_mean.to(x.dtype), y - self.text_mean.to(y.dtype)
         return self.cost(x, y)
 
     def project_(self) -> int:
@@ -186,12 +240,56 @@ class MLTMLoss(MatchingLoss):
         return sinkhorn(C, self.eps, cost_normalization=self.cost_normalization,
                         **self.sinkhorn_kwargs)
 
+    def half_step_plan(self, C: torch.Tensor) -> torch.Tensor:
+        """The first Sinkhorn half-step from zero scalings: ``π_ij = b_j softmax_i(-C_ij/ε)``.
+
+        Columns sum to ``b = 1/m`` exactly, rows do not; ``cost_normalization`` applies.
+        """
+        if self.cost_normalization == "max":
+            C = C / C.max()
+        return torch.softmax(C / -self.eps, dim=-2) / C.shape[-1]
+
+    def _update_means(self, audio: torch.Tensor, text: torch.Tensor) -> None:
+        with torch.no_grad():
+            m = self.CENTRE_MOMENTUM if int(self.means_seen) > 0 else 1.0
+            self.audio_mean.lerp_(audio.detach().mean(0).to(self.audio_mean.dtype), m)
+            self.text_mean.lerp_(text.detach().mean(0).to(self.text_mean.dtype), m)
+            self.means_seen += 1
+
+    def gauge_term(self, C: torch.Tensor, clip_ids=None) -> torch.Tensor:
+        """The added term of ``gauge`` (``penalty`` or ``infonce*``) on the batch cost C,
+        before its weight; 0 for the other variants."""
+        if self.gauge == "penalty":
+            row = C.mean(1) - C.mean()
+            col = C.mean(0) - C.mean()
+            return (row.square().mean() + col.square().mean())
+        if self.gauge in ("infonce", "infonce_a2t"):
+            b = C.shape[0]
+            logits = C / -self.eps
+            other = same_clip_mask(b, clip_ids, C.device) & ~torch.eye(
+                b, dtype=torch.bool, device=C.device)
+            logits = logits.masked_fill(other, float("-inf"))
+            target = torch.arange(b, device=C.device)
+            a2t = F.cross_entropy(logits, target)
+            if self.gauge == "infonce_a2t":
+                return a2t
+            return 0.5 * (a2t + F.cross_entropy(logits.T, target))
+        return C.new_zeros(())
+
     def forward(self, audio, text, clip_ids=None):
-        """KL(π̂ ‖ π_ε) between the empirical matching and the plan of the batch cost."""
+        """KL(π̂ ‖ π_ε) between the empirical matching and the plan of the batch cost
+        (plus ``gauge_weight`` times :meth:`gauge_term` for a gauge-fixed variant)."""
         b = _check_pair(audio, text)
+        if self.gauge == "centre":
+            if self.training and torch.is_grad_enabled():
+                self._update_means(audio, text)
+            audio, text = audio - audio.mean(0), text - text.mean(0)
         C = self.cost(audio, text)
-        pi = self.plan(C)
-        return _kl_to_target(pi, target_plan(b, clip_ids, dtype=pi.dtype, device=pi.device))
+        pi = self.plan(C) if self.normalization == "sinkhorn" else self.half_step_plan(C)
+        loss = _kl_to_target(pi, target_plan(b, clip_ids, dtype=pi.dtype, device=pi.device))
+        if self.gauge in ("penalty", "infonce", "infonce_a2t"):
+            loss = loss + self.gauge_weight * self.gauge_term(C, clip_ids)
+        return loss
 
 
 class PartialMLTMLoss(MLTMLoss):
