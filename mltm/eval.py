@@ -112,7 +112,8 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zerosho
         out["task"] = "retrieval"
         out["relevance"] = relevance
         out["metrics"] = {r: evaluate_embeddings(audio, text, es.caption_clip, loss, rank_by=r,
-                                                 eps=eps, clip_group=group) for r in rank_by}
+                                                 eps=eps, clip_group=group, evalset=es)
+                          for r in rank_by}
         out["modality_gap"] = modality_gap(audio, text)
         if tsne:
             axy, txy = tsne_coordinates(audio.cpu(), text.cpu())
