@@ -279,11 +279,13 @@ def _has_pooled_frames(encoder: nn.Module) -> bool:
 
 
 def _pooled_and_frames(encoder: nn.Module, dataset, rows: range, batch_size: int, device,
-                       dtype: torch.dtype, significant_bits: int | None, progress: bool):
+                       dtype: torch.dtype, significant_bits: int | None, progress: bool,
+                       pooled: bool = True):
     """``(encode_clips entry, encode_clip_frames entry)`` of ``rows`` from one encoder pass.
 
     The pooled vector is the encoder's ``pool_frames`` of the unrounded frames, equal bit for
-    bit to its ``forward`` (tested), so both entries are what the separate passes give.
+    bit to its ``forward`` (tested), so both entries are what the separate passes give. With
+    ``pooled=False`` (an encoder without ``pool_frames``) the first entry is None.
     """
     was_training = encoder.training
     enc = encoder_in(encoder, dtype, device)
@@ -295,18 +297,21 @@ def _pooled_and_frames(encoder: nn.Module, dataset, rows: range, batch_size: int
     from tqdm import tqdm
 
     with torch.no_grad():
-        for batch in tqdm(loader, desc="audio encoder (pooled + frames)", disable=not progress,
-                          leave=False):
+        for batch in tqdm(loader, desc="audio encoder (pooled + frames)" if pooled
+                          else "audio encoder (frames)", disable=not progress, leave=False):
             if batch["audio"].shape[0] == 0:
                 continue
             frames, lengths = enc.frame_embeddings(batch["audio"].to(device, dtype),
                                                    batch["lengths"].to(device))
             idx = torch.as_tensor(batch["index"]).long() - rows.start
-            feats[idx] = _finish(enc.pool_frames(frames, lengths).cpu(), significant_bits)
+            if pooled:
+                feats[idx] = _finish(enc.pool_frames(frames, lengths).cpu(), significant_bits)
             parts.append((_finish(frames.cpu(), significant_bits), lengths.cpu().long()))
             order.append(idx)
     encoder.train(was_training)
     frames_entry = _frames_entry(parts, order, len(rows), encoder.out_dim)
+    if not pooled:
+        return None, frames_entry
     return {"features": feats, "valid": frames_entry["valid"].clone()}, frames_entry
 
 
@@ -402,25 +407,8 @@ def encode_clip_frames(encoder: nn.Module, dataset, *, batch_size: int = 16,
                         "use the aisfx audio encoder or a pooled (linear) audio head")
 
     def compute(rows: range) -> dict[str, torch.Tensor]:
-        was_training = encoder.training
-        enc = encoder_in(encoder, dtype, device)
-        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-        order: list[torch.Tensor] = []
-        loader = DataLoader(torch.utils.data.Subset(dataset, rows), batch_size=batch_size,
-                            shuffle=False, collate_fn=dataset.collate_fn)
-        from tqdm import tqdm
-
-        with torch.no_grad():
-            for batch in tqdm(loader, desc="audio encoder (frames)", disable=not progress,
-                              leave=False):
-                if batch["audio"].shape[0] == 0:
-                    continue
-                frames, lengths = enc.frame_embeddings(batch["audio"].to(device, dtype),
-                                                       batch["lengths"].to(device))
-                parts.append((_finish(frames.cpu(), significant_bits), lengths.cpu().long()))
-                order.append(torch.as_tensor(batch["index"]).long() - rows.start)
-        encoder.train(was_training)
-        return _frames_entry(parts, order, len(rows), encoder.out_dim)
+        return _pooled_and_frames(encoder, dataset, rows, batch_size, device, dtype,
+                                  significant_bits, progress, pooled=False)[1]
 
     if not use_cache:
         return compute(range(dataset.num_clips))
