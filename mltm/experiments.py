@@ -41,7 +41,7 @@ from torch import nn
 
 from mltm.config import TrainConfig, config_from_dict
 from mltm.provenance import provenance
-from mltm.records import Records, load_records
+from mltm.records import Records, load_records, records_file
 from mltm.train import EvalSet, Trainer
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "TrainingPairs",
     "training_pairs",
     "initial_model",
+    "evaluate_selected",
     "Experiment",
     "View",
     "records_frame",
@@ -129,6 +130,7 @@ def grid_settings(config: str, dataset: str) -> dict[str, Any]:
 def train_config(dataset: str | os.PathLike, *, loss: dict[str, Any], seed: int,
                  joint_dim: int, hidden_dim: int, batch_size: int, epochs: int,
                  lr: float = 1e-3, data: dict[str, Any] | None = None,
+                 model: dict[str, Any] | None = None, eval: dict[str, Any] | None = None,
                  out_dir: str | os.PathLike = "runs/experiment") -> TrainConfig:
     """The config of one run of a chapter's grid: frozen encoders (the fast path), no progress bar.
 
@@ -142,13 +144,16 @@ def train_config(dataset: str | os.PathLike, *, loss: dict[str, Any], seed: int,
         epochs: Training epochs.
         lr: Adam's learning rate.
         data: More keys of the ``data`` section (``noise``, ``noise_seed``, ...).
+        model: More keys of the ``model`` section (``feature_dtype``, heads, ...).
+        eval: Keys of the ``eval`` section (``rankings``, ``plan_eps``, ...).
         out_dir: Where the run writes; :meth:`Experiment.run` gives each run its own folder.
     """
     return config_from_dict({
         "data": {"dataset": str(dataset), **(data or {})},
-        "model": {"joint_dim": joint_dim, "hidden_dim": hidden_dim},
+        "model": {"joint_dim": joint_dim, "hidden_dim": hidden_dim, **(model or {})},
         "loss": loss,
         "optim": {"lr": lr, "batch_size": batch_size, "epochs": epochs},
+        **({"eval": eval} if eval else {}),
         "out_dir": str(out_dir), "progress": False, "seed": seed,
     })
 
@@ -256,6 +261,44 @@ def initial_model(data: EncodedDataset, config: TrainConfig,
     return model.to(device), loss.to(device)
 
 
+def evaluate_selected(run_dir: str | os.PathLike, data: EncodedDataset, *, split: str = "test",
+                      rankings: Iterable[str] = ("distance", "plan"),
+                      per_query: bool = True) -> dict[str, Any]:
+    """Each ranking's metrics on ``data``'s ``split`` with the checkpoint that ranking selected.
+
+    For evaluating a trained run on another dataset (cross-set transfer, Table 9) as the run's
+    own test is evaluated: ranking ``r`` uses ``run_dir/best_<r>.pt`` (the checkpoint selected
+    on validation by ``r``), the run's plan ε and relevance, and expected ranks under random
+    tie-breaking. The result has the layout of ``results["test"]`` (``{ranking: metrics,
+    "queries": ...}`` with ``per_query``), so :func:`mltm.verdicts.verdict` reads it with
+    ``Claim(split=...)`` naming where it is stored.
+
+    Raises:
+        FileNotFoundError: the run has no ``best_<ranking>.pt`` (trained without that ranking
+            in ``eval.rankings``).
+    """
+    from mltm.checkpoint import load_checkpoint
+    from mltm.evaluation import evaluate_embeddings, project_evalset
+
+    es = data.evalsets[split]
+    out: dict[str, Any] = {}
+    for r in rankings:
+        path = Path(run_dir) / f"best_{r}.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: the run did not select a checkpoint "
+                                    f"by {r!r}; add it to eval.rankings and retrain")
+        cfg, model, loss, _ = load_checkpoint(path, with_encoders=False)
+        group = es.label_groups() if cfg.eval.relevance == "label" else None
+        with torch.no_grad():
+            a, t = project_evalset(model, es, "cpu")
+            out[r] = evaluate_embeddings(a, t, es.caption_clip, loss, rank_by=r,
+                                         eps=cfg.eval.plan_eps, clip_group=group, evalset=es,
+                                         per_query=per_query)
+    if per_query:
+        out["queries"] = [m.pop("queries", None) for m in out.values()][0]
+    return out
+
+
 # -- a grid of runs ---------------------------------------------------------------------------
 
 
@@ -301,7 +344,8 @@ class Experiment:
         self._start = time.perf_counter()
         prov = provenance(device, {"name": config, **settings})
         if self.record:
-            self.records_path: Path | None = self.paths.results / name / config / "records.json"
+            # an existing records.json is resumed; new records are written gzip-compressed
+            self.records_path: Path | None = records_file(self.paths.results / name / config)
             self.runs_dir = self.paths.root / "_build" / "runs" / name / config
         else:
             self.records_path = None

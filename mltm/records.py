@@ -17,6 +17,7 @@ wall time). The rendered book reads these files, so the numbers of a long run re
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, Iterable
 
 from mltm._atomic import atomic_write
 
-__all__ = ["Records", "load_records", "RECORD_FORMAT", "CONFIG_PREFERENCE"]
+__all__ = ["Records", "load_records", "records_file", "RECORD_FORMAT", "CONFIG_PREFERENCE"]
 
 RECORD_FORMAT = "mltm-records/1"
 # Which recorded configuration a chapter shows when several exist: the paper-size GPU run
@@ -81,11 +82,18 @@ class Records:
                 "extra": self.extra}
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (a reader never sees half a file)."""
+        """Write atomically (a reader never sees half a file); a path ending in ``.gz`` is
+        gzip-compressed (records with per-query outcomes are large and compress ~10x)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as f:
-            json.dump(self.to_json(), f, indent=None, separators=(",", ":"), default=float)
+        text = json.dumps(self.to_json(), indent=None, separators=(",", ":"), default=float)
+        if path.suffix == ".gz":
+            # mtime=0: the same records give the same bytes (no spurious diffs in git)
+            with atomic_write(path, "wb") as f:
+                f.write(gzip.compress(text.encode(), mtime=0))
+        else:
+            with atomic_write(path) as f:
+                f.write(text)
         self.path = path
         return path
 
@@ -94,7 +102,11 @@ class Records:
         """Read a ``records.json`` written by :meth:`save`; a file of another format raises."""
         path = Path(path)
         try:
-            raw = json.loads(path.read_text())
+            data = path.read_bytes()
+            raw = json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+        except (gzip.BadGzipFile, EOFError) as err:
+            raise ValueError(f"{path} is not a complete gzip file ({err}); re-run the "
+                             f"experiment that writes it") from None
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON ({err}); re-run the experiment that "
                              f"writes it") from None
@@ -110,11 +122,20 @@ class Records:
 
 def load_records(experiment_dir: str | Path,
                  prefer: Iterable[str] = CONFIG_PREFERENCE) -> Records | None:
-    """The records of the first configuration in ``prefer`` that has a ``records.json`` under
-    ``experiment_dir/<config>/``, or ``None`` when the experiment has not been recorded."""
+    """The records of the first configuration in ``prefer`` that has a ``records.json`` (or
+    ``records.json.gz``) under ``experiment_dir/<config>/``, or ``None`` when the experiment has
+    not been recorded."""
     experiment_dir = Path(experiment_dir)
     for config in prefer:
-        path = experiment_dir / config / "records.json"
+        path = records_file(experiment_dir / config)
         if path.exists():
             return Records.load(path)
     return None
+
+
+def records_file(folder: str | Path) -> Path:
+    """The records file of a configuration folder: ``records.json`` when it exists, else
+    ``records.json.gz`` (the name new records are written under)."""
+    folder = Path(folder)
+    plain = folder / "records.json"
+    return plain if plain.exists() else folder / "records.json.gz"
