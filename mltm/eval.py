@@ -60,8 +60,15 @@ def _manifest_parts(manifest: str | Path) -> tuple[Path, str]:
 def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zeroshot: bool = False,
                         rank_by: tuple[str, ...] = ("distance", "plan"), eps: float | None = None,
                         relevance: str = "clip", template: str = "This is a sound of {}.",
-                        tsne: bool = False, device: str = "auto") -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on one manifest split; return the results dict."""
+                        tsne: bool = False, device: str = "auto",
+                        per_query: bool = False) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on one manifest split; return the results dict.
+
+    ``per_query``: each ranking's metrics also hold every query's outcomes (``per_query``:
+    expected rank, R@k hit probabilities, AP) and ``metrics["queries"]`` the query metadata
+    (zero-shot: each clip's class name and id; retrieval: as :func:`evaluate_embeddings`), the
+    layout :func:`mltm.verdicts.verdict` reads for its clustered bootstrap.
+    """
     from mltm.retrieval import modality_gap, prompt_for, tsne_coordinates, zero_shot_classification
 
     t0 = time.perf_counter()
@@ -100,8 +107,12 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zerosho
         with torch.no_grad():
             out["metrics"] = {r: zero_shot_classification(audio, class_emb, labels,
                                                           cost=loss.ranking_cost, rank_by=r,
-                                                          eps=eps)
+                                                          eps=eps, per_query=per_query)
                               for r in rank_by}
+        if per_query:
+            for m in list(out["metrics"].values()):
+                m.pop("queries", None)
+            out["metrics"]["queries"] = {"label": list(es.labels), "clip_id": list(es.clip_ids)}
         out["modality_gap"] = modality_gap(audio, class_emb)
         if tsne:
             axy, txy = tsne_coordinates(audio.cpu(), class_emb.cpu())
@@ -112,8 +123,12 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, zerosho
         out["task"] = "retrieval"
         out["relevance"] = relevance
         out["metrics"] = {r: evaluate_embeddings(audio, text, es.caption_clip, loss, rank_by=r,
-                                                 eps=eps, clip_group=group, evalset=es)
+                                                 eps=eps, clip_group=group, evalset=es,
+                                                 per_query=per_query)
                           for r in rank_by}
+        if per_query:
+            out["metrics"]["queries"] = [m.pop("queries", None)
+                                         for m in list(out["metrics"].values())][0]
         out["modality_gap"] = modality_gap(audio, text)
         if tsne:
             axy, txy = tsne_coordinates(audio.cpu(), text.cpu())

@@ -59,9 +59,11 @@ VERDICTS = ("holds", "reversed", "undecided")
 
 #: For each aggregate metric that has a per-query counterpart: the name in ``per_query`` and
 #: the factor from the per-query outcome to the metric's unit (hit probabilities and average
-#: precisions are in [0, 1], the aggregates in percent). ``medR`` has none: a median is not a
+#: precisions are in [0, 1], the aggregates in percent; zero-shot ``accuracy`` is the R@1 of
+#: each clip ranking the class prompts). ``medR`` has none: a median is not a
 #: mean over queries.
-PER_QUERY_METRICS = {"R@1": ("R@1", 100.0), "R@5": ("R@5", 100.0), "R@10": ("R@10", 100.0),
+PER_QUERY_METRICS = {"R@1": ("R@1", 100.0), "accuracy": ("R@1", 100.0),
+                     "R@5": ("R@5", 100.0), "R@10": ("R@10", 100.0),
                      "mAP@10": ("AP@10", 100.0), "meanR": ("rank", 1.0)}
 _UNITS = {"R@1": "points", "R@5": "points", "R@10": "points", "mAP@10": "points",
           "accuracy": "points", "medR": "ranks", "meanR": "ranks"}
@@ -240,13 +242,34 @@ def _queries(results: dict, claim: Claim) -> dict | None:
     return node if isinstance(node, dict) else None
 
 
-def _pair(records: Records, claim: Claim, key_names: tuple[str, ...], seed_field: str
-          ) -> tuple[dict, dict, dict[Any, list[tuple]]]:
-    """A's and B's runs by pairing values, and the pairing values of each seed."""
+def _pair(records: Records, claim: Claim, key_names: tuple[str, ...], seed_field: str,
+          incomplete: str = "raise") -> tuple[dict, dict, dict[Any, list[tuple]], int]:
+    """A's and B's runs by pairing values, the pairing values of each seed, and how many runs
+    were left out as unpaired (``incomplete="intersect"``)."""
     name_a, name_b = claim.names
     pair_fields = [f for f in key_names if f not in claim.a and f not in claim.b]
     runs_a = _side_runs(records, key_names, claim.a, name_a, pair_fields)
     runs_b = _side_runs(records, key_names, claim.b, name_b, pair_fields)
+    dropped = 0
+    if incomplete == "intersect":
+        # keep the seeds on which both sides have every stratum (an unfinished recording)
+        seed_at = pair_fields.index(seed_field)
+
+        def stratum(p):
+            return p[:seed_at] + p[seed_at + 1:]
+
+        strata = {stratum(p) for p in (*runs_a, *runs_b)}
+        complete = {seed for seed in {p[seed_at] for p in (*runs_a, *runs_b)}
+                    if all({stratum(p) for p in runs if p[seed_at] == seed} == strata
+                           for runs in (runs_a, runs_b))}
+        kept_a = {p: r for p, r in runs_a.items() if p[seed_at] in complete}
+        kept_b = {p: r for p, r in runs_b.items() if p[seed_at] in complete}
+        dropped = len(runs_a) + len(runs_b) - len(kept_a) - len(kept_b)
+        if not kept_a:
+            raise ValueError(f"no seed has runs of both {name_a} and {name_b} for every "
+                             f"{', '.join(f for f in pair_fields if f != seed_field) or 'seed'}"
+                             f"; nothing to compare yet")
+        runs_a, runs_b = kept_a, kept_b
 
     missing = []
     for have, lack, runs_have, runs_lack in ((name_a, name_b, runs_a, runs_b),
@@ -273,13 +296,13 @@ def _pair(records: Records, claim: Claim, key_names: tuple[str, ...], seed_field
             raise ValueError(f"seed {seed!r} has no runs for {lacking}, which other seeds have; "
                              f"record them or fix those fields in the claim's filters")
 
-    return runs_a, runs_b, seeds
+    return runs_a, runs_b, seeds, dropped
 
 
 def verdict(records: Records, claim: Claim, key_names: Iterable[str], *, alpha: float = 0.05,
             min_seeds: int = 5, seed_field: str = "seed", cluster_by: str | None = "label",
             two_sided: bool = False, n_resamples: int = 10_000,
-            bootstrap_seed: int = 0) -> Verdict:
+            bootstrap_seed: int = 0, incomplete: str = "raise") -> Verdict:
     """Judge ``claim`` on ``records``: holds, reversed or undecided (the rule is in the module
     docstring).
 
@@ -297,6 +320,9 @@ def verdict(records: Records, claim: Claim, key_names: Iterable[str], *, alpha: 
         two_sided: Use the two-sided sign-flip p-value instead of the one-sided one.
         n_resamples: Bootstrap replicates.
         bootstrap_seed: Seed of the bootstrap's generator.
+        incomplete: ``"raise"`` (default): a run of one side without its pair is an error;
+            ``"intersect"``: judge on the seeds that both sides have complete (a recording in
+            progress), and say in the caveat how many runs were left out.
 
     Returns:
         The :class:`Verdict`.
@@ -323,7 +349,9 @@ def verdict(records: Records, claim: Claim, key_names: Iterable[str], *, alpha: 
     if seed_field in claim.a or seed_field in claim.b:
         raise ValueError(f"claim {claim.label!r} fixes the seed field {seed_field!r}; runs are "
                          f"paired by seed, so leave it out of the filters")
-    runs_a, runs_b, seeds = _pair(records, claim, key_names, seed_field)
+    if incomplete not in ("raise", "intersect"):
+        raise ValueError(f"incomplete={incomplete!r}: use 'raise' or 'intersect'")
+    runs_a, runs_b, seeds, dropped = _pair(records, claim, key_names, seed_field, incomplete)
     path = claim.path
     order = [pair for pairs in seeds.values() for pair in pairs]
 
@@ -346,6 +374,9 @@ def verdict(records: Records, claim: Claim, key_names: Iterable[str], *, alpha: 
 
     boot, caveat = _query_level(runs_a, runs_b, order, claim, cluster_by, alpha, n_resamples,
                                 bootstrap_seed)
+    if dropped:
+        left_out = f"{dropped} unpaired run{'s' * (dropped != 1)} left out (recording incomplete)"
+        caveat = f"{caveat}; {left_out}" if caveat else left_out
     scale = PER_QUERY_METRICS[claim.metric][1] if boot is not None else 1.0
 
     p_min = 2.0 ** (1 - n_seeds) if two_sided else 2.0 ** -n_seeds

@@ -138,6 +138,42 @@ def test_eval_cli_matches_training_results_and_zero_shot(data_root, shared_evals
     assert '"task": "zeroshot"' in capsys.readouterr().out
 
 
+def test_zero_shot_per_query_outcomes_feed_a_clustered_verdict(data_root, shared_evalsets,
+                                                                 tmp_path):
+    from mltm.eval import evaluate_checkpoint
+    from mltm.records import Records
+    from mltm.verdicts import Claim, verdict
+
+    require(data_root / "tuxpaint-zs" / "test.jsonl", "the tuxpaint-zs dataset")
+    manifest = data_root / "tuxpaint-zs" / "test.jsonl"
+    rec = Records()
+    for name in ("mltm", "ntxent"):
+        run(small_config(data_root, tmp_path / name, **{"optim.epochs": 1, "loss.name": name}),
+            shared_evalsets)
+        z = evaluate_checkpoint(tmp_path / name / "best.pt", manifest, zeroshot=True,
+                                per_query=True, device="cpu")
+        plain = evaluate_checkpoint(tmp_path / name / "best.pt", manifest, zeroshot=True,
+                                    device="cpu")
+        for r in ("distance", "plan"):
+            hits = z["metrics"][r]["per_query"]["R@1"]
+            assert len(hits) == z["num_clips"]
+            # the accuracy is the mean of the clips' expected hits, and unchanged by per_query
+            assert math.isclose(100 * sum(hits) / len(hits), z["metrics"][r]["accuracy"],
+                                rel_tol=1e-9)
+            assert z["metrics"][r]["accuracy"] == plain["metrics"][r]["accuracy"]
+        assert z["metrics"]["queries"]["label"] == [
+            json.loads(line)["label"] for line in manifest.read_text().splitlines()]
+        rec.add((name, 0), {"zeroshot": {"tux": z}})
+    v = verdict(rec, Claim("m-LTM > NT-Xent zero-shot", a={"loss": "mltm"}, b={"loss": "ntxent"},
+                           metric="accuracy", direction=None, ranking="plan",
+                           split=("zeroshot", "tux", "metrics")),
+                ("loss", "seed"), min_seeds=1)
+    assert v.caveat == "" and v.n_clusters == len(set(rec.runs["mltm", 0]["zeroshot"]["tux"]
+                                                      ["metrics"]["queries"]["label"]))
+    acc = {n: rec.runs[n, 0]["zeroshot"]["tux"]["metrics"]["plan"]["accuracy"] for n in ("mltm", "ntxent")}
+    assert math.isclose(v.effect, acc["mltm"] - acc["ntxent"], abs_tol=1e-9)
+
+
 def test_bad_checkpoint_is_rejected(tmp_path):
     bad = tmp_path / "x.pt"
     torch.save({"weights": 1}, bad)

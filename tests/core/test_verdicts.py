@@ -263,18 +263,29 @@ def test_verdict_table_has_one_row_per_claim():
     assert table.loc[0, "reference"] == "Table 2" and table.loc[0, "n_clusters"] == N_LABELS
 
 
-def test_the_recorded_retrieval_run_has_too_few_seeds():
-    path = REPO / "results" / "retrieval" / "cpu" / "records.json"
-    rec = Records.load(path)
-    claim = Claim("m-LTM beats NT-Xent on debsfx (a2t R@1, plan)",
-                  a={"dataset": "debsfx", "loss": "m-LTM", "eps": 0.05},
-                  b={"dataset": "debsfx", "loss": "NT-Xent", "eps": 0.05}, reference="Table 2")
-    v = verdict(rec, claim, KEYS)
-    assert v.verdict == "undecided" and v.n_seeds == 3
+def test_an_unfinished_recording_is_judged_on_the_seeds_both_sides_have():
+    rec = make_records(0.08, seeds=range(5), seeds_b=[0, 1, 2, 5])
+    v = verdict(rec, CLAIM, KEYS, incomplete="intersect")
+    assert v.n_seeds == 3 and v.verdict == "undecided"
     assert v.reason.startswith("fewer than 5 seeds (3)")
-    assert v.caveat.startswith("query-level interval unavailable")
-    raw = {tuple(r["key"]): r["results"] for r in json.loads(path.read_text())["runs"]}
-    diffs = [raw[("debsfx", "m-LTM", 0.05, s)]["test"]["plan"]["a2t"]["R@1"]
-             - raw[("debsfx", "NT-Xent", 0.05, s)]["test"]["plan"]["a2t"]["R@1"]
-             for s in range(3)]
-    assert v.effect == pytest.approx(np.mean(diffs), abs=1e-12)
+    assert v.caveat == "3 unpaired runs left out (recording incomplete)"
+    only = Records(provenance=rec.provenance)
+    for key, res in rec.runs.items():
+        if key[-1] in (0, 1, 2):
+            only.add(key, res)
+    same = verdict(only, CLAIM, KEYS)
+    assert (same.effect, same.interval, same.p_value) == (v.effect, v.interval, v.p_value)
+    # a seed is kept only when both sides have every stratum of it (here: both heads)
+    two = Records()
+    for key, res in rec.runs.items():
+        for heads in ("pooled", "attention"):
+            if not (key[1] == "NT-Xent" and key[-1] == 1 and heads == "attention"):
+                two.add((*key[:-1], heads, key[-1]), res)
+    v2 = verdict(two, CLAIM, ("dataset", "loss", "eps", "heads", "seed"), incomplete="intersect")
+    # kept: seeds 0 and 2, both heads, both sides (8 of 17 runs)
+    assert v2.n_seeds == 2 and "9 unpaired runs left out" in v2.caveat
+    with pytest.raises(ValueError, match="incomplete='maybe': use 'raise' or 'intersect'"):
+        verdict(rec, CLAIM, KEYS, incomplete="maybe")
+    with pytest.raises(ValueError, match="nothing to compare yet"):
+        verdict(make_records(0.08, seeds=[0, 1], seeds_b=[2, 3]), CLAIM, KEYS,
+                incomplete="intersect")

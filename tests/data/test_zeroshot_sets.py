@@ -49,7 +49,7 @@ def _tone(path: Path, freq: float, sr: int = 22050, seconds: float = 1.0, channe
 # ----------------------------------------------------------------------------- class tables
 def test_edusounds_table_parses_and_every_row_maps_to_a_class():
     rows = edu.load_table()
-    assert len(rows) >= 100
+    assert len(rows) >= 99  # 101 rows less the two recordings found in data/sfxpool
     assert all(r.package in edu.PACKAGES and r.license in edu.LICENCES for r in rows)
     for r in rows:
         esc.check_class_name(r.category, r.member)   # raises on a bad class name
@@ -67,8 +67,9 @@ def test_edusounds_table_parses_and_every_row_maps_to_a_class():
 
 def test_tuxpaint_table_still_parses_with_the_shared_reader():
     table = tux.load_table()
-    assert len(table) == 74 - sum(1 for ln in tux.TABLE.read_text().splitlines()
-                                  if not ln.strip() or ln.startswith("#"))
+    rows = [ln for ln in tux.TABLE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    # one entry per row: 62 stamp sounds less cow_white, the same recording as a sfxpool clip
+    assert len(table) == len(rows) == 61
     assert set(table.values()) >= {"dog", "rooster", "fireworks"}
 
 
@@ -284,7 +285,7 @@ def test_built_edusounds_layout_is_exact(built_dataset):
     info = json.loads((d / bl.BUILD_INFO).read_text())
     lines = (d / "esc50" / "meta" / "esc50.csv").read_text().splitlines()
     assert lines[0] == ",".join(esc.ESC50_HEADER)
-    assert len(lines) - 1 == info["counts"]["clips"] >= 100
+    assert len(lines) - 1 == info["counts"]["clips"] >= 99
     recs = read_manifest(d / "test.jsonl")
     assert Counter(r.label for r in recs) == Counter(info["per_class"])
     assert {r.license for r in recs} <= edu.LICENCES
