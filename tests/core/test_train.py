@@ -170,7 +170,8 @@ def test_zero_shot_per_query_outcomes_feed_a_clustered_verdict(data_root, shared
                 ("loss", "seed"), min_seeds=1)
     assert v.caveat == "" and v.n_clusters == len(set(rec.runs["mltm", 0]["zeroshot"]["tux"]
                                                       ["metrics"]["queries"]["label"]))
-    acc = {n: rec.runs[n, 0]["zeroshot"]["tux"]["metrics"]["plan"]["accuracy"] for n in ("mltm", "ntxent")}
+    acc = {n: rec.runs[n, 0]["zeroshot"]["tux"]["metrics"]["plan"]["accuracy"]
+           for n in ("mltm", "ntxent")}
     assert math.isclose(v.effect, acc["mltm"] - acc["ntxent"], abs_tol=1e-9)
 
 

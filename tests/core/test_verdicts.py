@@ -3,7 +3,6 @@ with the reasons and the errors a misstated claim gets."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 

@@ -67,7 +67,8 @@ def test_edusounds_table_parses_and_every_row_maps_to_a_class():
 
 def test_tuxpaint_table_still_parses_with_the_shared_reader():
     table = tux.load_table()
-    rows = [ln for ln in tux.TABLE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    rows = [ln for ln in tux.TABLE.read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")]
     # one entry per row: 62 stamp sounds less cow_white, the same recording as a sfxpool clip
     assert len(table) == len(rows) == 61
     assert set(table.values()) >= {"dog", "rooster", "fireworks"}
