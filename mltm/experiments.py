@@ -56,6 +56,8 @@ __all__ = [
     "training_pairs",
     "initial_model",
     "evaluate_selected",
+    "best_val_r_sum",
+    "select_on_ladder",
     "Experiment",
     "View",
     "records_frame",
@@ -259,6 +261,68 @@ def initial_model(data: EncodedDataset, config: TrainConfig,
     starts from (seeded as :meth:`mltm.train.Trainer.run` seeds them)."""
     model, loss, _ = data.trainer(config).initial_state()
     return model.to(device), loss.to(device)
+
+
+def best_val_r_sum(history: list[dict[str, Any]],
+                   rankings: Iterable[str] = ("distance", "plan")) -> float:
+    """The best validation R-sum of a run over its epochs, under the best of ``rankings``.
+
+    The score a chapter's learning-rate grid compares: each loss gets the rate at which it
+    does best on validation under either ranking (history columns ``val_r_sum`` for distance,
+    ``val_<ranking>_r_sum`` for the others).
+
+    Raises:
+        ValueError: the history has no epoch, or lacks a ranking's column (the run did not
+            validate by it: add it to ``eval.rankings``).
+    """
+    if not history:
+        raise ValueError("the run's history has no epoch to score")
+    columns = ["val_r_sum" if r == "distance" else f"val_{r}_r_sum" for r in rankings]
+    missing = [c for c in columns if c not in history[0]]
+    if missing:
+        raise ValueError(f"the history has no {', '.join(missing)}: the run did not validate by "
+                         f"that ranking; add it to eval.rankings")
+    return max(float(row[c]) for row in history for c in columns)
+
+
+def select_on_ladder(score: Callable[[float], float], ladder: Iterable[float],
+                     start: Iterable[float]) -> tuple[float, dict[float, float]]:
+    """The value of ``ladder`` with the highest ``score``, searched outward from ``start``.
+
+    A learning-rate grid whose best value lies on its edge has not bracketed the optimum. So
+    the values ``start`` (consecutive rungs of the ordered ``ladder``) are scored first, and
+    while the best one is the lowest (highest) scored rung and the ladder goes further, the next
+    rung below (above) is scored too. A single start value is never extended.
+
+    Returns:
+        ``(best value, {value: score})`` of every value scored, in ladder order. Ties keep the
+        lower rung.
+
+    Raises:
+        ValueError: ``start`` is empty, or holds values not on the ladder or not consecutive.
+    """
+    ladder, start = list(ladder), list(start)
+    if not start:
+        raise ValueError("select_on_ladder: start is empty; give at least one ladder value")
+    missing = [x for x in start if x not in ladder]
+    if missing:
+        raise ValueError(f"select_on_ladder: start values {missing} are not on the ladder {ladder}")
+    lo, hi = ladder.index(start[0]), ladder.index(start[-1])
+    if ladder[lo:hi + 1] != start:
+        raise ValueError(f"select_on_ladder: start {start} must be consecutive rungs of {ladder}")
+    scores = {x: float(score(x)) for x in start}
+    while len(start) > 1:
+        best = max(ladder[lo:hi + 1], key=lambda x: scores[x])
+        if best == ladder[lo] and lo > 0:
+            lo -= 1
+            scores[ladder[lo]] = float(score(ladder[lo]))
+        elif best == ladder[hi] and hi < len(ladder) - 1:
+            hi += 1
+            scores[ladder[hi]] = float(score(ladder[hi]))
+        else:
+            break
+    tried = ladder[lo:hi + 1]
+    return max(tried, key=lambda x: scores[x]), {x: scores[x] for x in tried}
 
 
 def evaluate_selected(run_dir: str | os.PathLike, data: EncodedDataset, *, split: str = "test",

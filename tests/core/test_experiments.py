@@ -262,3 +262,43 @@ def test_grid_settings_are_fresh_dicts_and_unknown_configurations_are_named():
     with pytest.raises(ValueError, match=r"unknown chapter configuration 'gpu'; use one of "
                                          r"\['ci', 'cpu', 'full'\]"):
         grid_settings("gpu", "debsfx")
+
+
+def test_best_val_r_sum_takes_the_best_epoch_under_the_best_ranking():
+    from mltm.experiments import best_val_r_sum
+
+    history = [{"val_r_sum": 10.0, "val_plan_r_sum": 12.0}, {"val_r_sum": 15.0, "val_plan_r_sum": 11.0},
+               {"val_r_sum": 9.0, "val_plan_r_sum": 14.0}]
+    assert best_val_r_sum(history) == 15.0
+    assert best_val_r_sum(history, ("plan",)) == 14.0
+    assert best_val_r_sum(history, ("distance",)) == 15.0
+    with pytest.raises(ValueError, match="no val_csls_r_sum: the run did not validate"):
+        best_val_r_sum(history, ("csls",))
+    with pytest.raises(ValueError, match="no epoch"):
+        best_val_r_sum([])
+
+
+def test_select_on_ladder_extends_a_grid_whose_best_is_on_its_edge():
+    from mltm.experiments import select_on_ladder
+
+    ladder = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+    calls = []
+
+    def peaked(at):
+        def score(x):
+            calls.append(x)
+            return -abs(ladder.index(x) - ladder.index(at))
+        return score
+
+    best, scores = select_on_ladder(peaked(1e-3), ladder, (3e-4, 1e-3, 3e-3))
+    assert best == 1e-3 and list(scores) == [3e-4, 1e-3, 3e-3] and len(calls) == 3
+    calls.clear()
+    best, scores = select_on_ladder(peaked(1e-4), ladder, (3e-4, 1e-3, 3e-3))
+    assert best == 1e-4 and list(scores) == [1e-4, 3e-4, 1e-3, 3e-3] and calls[-1] == 1e-4
+    best, scores = select_on_ladder(peaked(1e-2), ladder, (3e-4, 1e-3, 3e-3))
+    assert best == 1e-2 and list(scores) == [3e-4, 1e-3, 3e-3, 1e-2]  # the ladder's end
+    assert select_on_ladder(peaked(1e-4), ladder, (1e-3,)) == (1e-3, {1e-3: -2.0})
+    with pytest.raises(ValueError, match="not on the ladder"):
+        select_on_ladder(peaked(1e-3), ladder, (2e-3,))
+    with pytest.raises(ValueError, match="consecutive"):
+        select_on_ladder(peaked(1e-3), ladder, (1e-4, 1e-3))
