@@ -267,7 +267,8 @@ def test_grid_settings_are_fresh_dicts_and_unknown_configurations_are_named():
 def test_best_val_r_sum_takes_the_best_epoch_under_the_best_ranking():
     from mltm.experiments import best_val_r_sum
 
-    history = [{"val_r_sum": 10.0, "val_plan_r_sum": 12.0}, {"val_r_sum": 15.0, "val_plan_r_sum": 11.0},
+    history = [{"val_r_sum": 10.0, "val_plan_r_sum": 12.0},
+               {"val_r_sum": 15.0, "val_plan_r_sum": 11.0},
                {"val_r_sum": 9.0, "val_plan_r_sum": 14.0}]
     assert best_val_r_sum(history) == 15.0
     assert best_val_r_sum(history, ("plan",)) == 14.0
