@@ -14,20 +14,12 @@ from mltm.eval import main as eval_main
 from mltm.train import Trainer, load_checkpoint
 
 from tests._assets import REPO, require
+from tests.core.conftest import debsfx_ci_config
 
 
 def small_config(data_root: Path, out: Path, **overrides) -> TrainConfig:
-    base = {
-        "data": {"dataset": str(data_root / "debsfx-ci")},
-        "model": {"joint_dim": 64, "hidden_dim": 128},
-        "loss": {"name": "mltm", "eps": 0.05, "sinkhorn_tol": 1e-5, "metric": {"kind": "full"}},
-        "optim": {"lr": 1e-3, "batch_size": 32, "epochs": 6},
-        "out_dir": str(out), "progress": False, "seed": 0,
-    }
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        base.setdefault(section, {})[name] = value
-    return config_from_dict(base)
+    return debsfx_ci_config(data_root, out, epochs=6, **overrides, loss={
+        "name": "mltm", "eps": 0.05, "sinkhorn_tol": 1e-5, "metric": {"kind": "full"}})
 
 
 @pytest.fixture(scope="module")

@@ -11,25 +11,15 @@ import pytest
 import torch
 
 from mltm.checkpoint import read_checkpoint
-from mltm.config import config_from_dict
 from mltm.evaluation import evaluate_embeddings, project_evalset
 from mltm.train import Selection, Trainer, load_checkpoint, summary
+from tests.core.conftest import debsfx_ci_config
 
 RANKINGS = ("distance", "plan")
 
 
 def config(data_root: Path, out: Path, **overrides):
-    base = {
-        "data": {"dataset": str(data_root / "debsfx-ci")},
-        "model": {"joint_dim": 64, "hidden_dim": 128},
-        "loss": {"name": "ntxent"},
-        "optim": {"lr": 1e-3, "batch_size": 32, "epochs": 3},
-        "out_dir": str(out), "progress": False, "seed": 0,
-    }
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        base.setdefault(section, {})[name] = value
-    return config_from_dict(base)
+    return debsfx_ci_config(data_root, out, loss={"name": "ntxent"}, epochs=3, **overrides)
 
 
 @pytest.fixture(scope="module")
