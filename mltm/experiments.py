@@ -376,6 +376,21 @@ def _normalised(value: Any) -> Any:
     return json.loads(json.dumps(value, default=float))
 
 
+def _added_seeds(before: Any, now: Any) -> list | None:
+    """The seeds ``now`` adds to ``before`` when the two settings differ only by those (the
+    recorded seeds first, in order); otherwise None."""
+    if not (isinstance(before, dict) and isinstance(now, dict)):
+        return None
+    old, new = before.get("seeds"), now.get("seeds")
+    if (not isinstance(old, list) or not isinstance(new, list) or len(new) <= len(old)
+            or new[:len(old)] != old):
+        return None
+    if {k: v for k, v in before.items() if k != "seeds"} != {k: v for k, v in now.items()
+                                                             if k != "seeds"}:
+        return None
+    return new[len(old):]
+
+
 class Experiment:
     """One experiment of a chapter under one configuration: its runs, records and views.
 
@@ -390,7 +405,9 @@ class Experiment:
         log: Where a line per run goes (default :func:`print`; None: silent).
 
     With ``record``, checkpoints go to ``_build/runs/<name>/<config>/`` and an existing
-    records file is resumed: its runs are kept and not trained again. Otherwise they go to a
+    records file is resumed: its runs are kept and not trained again. Settings that only add
+    seeds after the recorded ones (``seeds: [0, 1, 2]`` → ``[0, 1, 2, 3, 4]``) resume too, and
+    the provenance notes the seeds added. Otherwise they go to a
     temporary folder that :meth:`finish` removes.
 
     Raises:
@@ -416,12 +433,18 @@ class Experiment:
             self.runs_dir = Path(tempfile.mkdtemp(prefix=f"mltm-{name}-"))
         if self.records_path is not None and self.records_path.exists():
             records = Records.load(self.records_path)
-            if _normalised(records.provenance.get("config")) != _normalised(prov["config"]):
+            before = _normalised(records.provenance.get("config"))
+            now = _normalised(prov["config"])
+            resumed = {k: prov[k] for k in ("commit", "date", "device")}
+            added = _added_seeds(before, now)
+            if added:  # more seeds of the same grid: the recorded runs stay valid
+                records.provenance["config"] = now
+                resumed["seeds_added"] = added
+            elif before != now:
                 raise ValueError(f"{self.records_path} was written with other settings "
                                  f"({records.provenance.get('config')!r}, now "
                                  f"{prov['config']!r}); move it away to start afresh")
-            records.provenance.setdefault("resumed", []).append(
-                {k: prov[k] for k in ("commit", "date", "device")})
+            records.provenance.setdefault("resumed", []).append(resumed)
         else:
             records = Records(provenance=prov)
         self.records = records

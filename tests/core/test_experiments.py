@@ -135,6 +135,22 @@ def test_resuming_with_other_settings_is_refused(data_root, tmp_path):
         "'debsfx-ci', 'seeds': (0, 1), 'epochs': 3}); move it away to start afresh")
 
 
+def test_resuming_with_more_seeds_keeps_the_recorded_runs(data_root, tmp_path):
+    paths = fake_repo(tmp_path, data_root)
+    exp = Experiment("grid", "cpu", SETTINGS, paths=paths, log=None)
+    exp.records.add(("debsfx-ci", "NT-Xent", 0), {"best_epoch": 1})
+    exp.save()
+    more = Experiment("grid", "cpu", {**SETTINGS, "seeds": (0, 1, 2, 3)}, paths=paths, log=None)
+    assert list(more.records.runs) == [("debsfx-ci", "NT-Xent", 0)]
+    assert more.records.provenance["config"]["seeds"] == [0, 1, 2, 3]
+    assert more.records.provenance["resumed"][-1]["seeds_added"] == [2, 3]
+    # fewer seeds, other seeds, or more seeds with another change: refused
+    for other in ({**SETTINGS, "seeds": (0,)}, {**SETTINGS, "seeds": (1, 0, 2)},
+                  {**SETTINGS, "seeds": (0, 1, 2), "epochs": 3}):
+        with pytest.raises(ValueError, match="was written with other settings"):
+            Experiment("grid", "cpu", other, paths=paths, log=None)
+
+
 def test_ci_runs_are_not_recorded_and_their_folder_is_removed(data_root, encoded, tmp_path):
     exp = Experiment("grid", "ci", SETTINGS, paths=fake_repo(tmp_path, data_root), log=None)
     assert exp.records_path is None and exp.runs_dir.is_dir()
