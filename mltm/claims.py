@@ -20,13 +20,13 @@ gap), Table 5 and Figure 2 (noisy correspondence), Tables 6 and 8 (ε and the me
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from mltm.records import Records
 from mltm.verdicts import Claim, verdict_table
 
 __all__ = ["ClaimSet", "chosen_lr", "retrieval_claims", "zeroshot_claims", "mahalanobis_claims",
-           "noisy_claims", "judge", "compact", "CLAIM_BUILDERS"]
+           "noisy_claims", "table8_claims", "judge", "compact", "CLAIM_BUILDERS"]
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,14 @@ class ClaimSet:
         experiment: The experiment's name (its folder under ``results/``).
         key_names: A name for each part of the experiment's run keys.
         groups: ``{group label: [Claim, ...]}``, e.g. ``{"Tables 2, 7": [...]}``.
+        prepare: Applied to the records before judging (None: as recorded), e.g. to score a
+            run whose model became non-finite at chance.
     """
 
     experiment: str
     key_names: tuple[str, ...]
     groups: dict[str, list[Claim]] = field(default_factory=dict)
+    prepare: Callable[[Records], Records] | None = None
 
 
 def chosen_lr(records: Records) -> dict[str, float]:
@@ -159,15 +162,51 @@ def noisy_claims(records: Records, pot_mass: float = 0.8) -> ClaimSet:
     })
 
 
+def _nonfinite_at_chance(records: Records) -> Records:
+    """The records with every run that has no test metrics (its model became non-finite in
+    training) scored at its chance level under both rankings."""
+    out = Records(provenance=records.provenance, extra=records.extra, path=records.path)
+    for key, results in records.runs.items():
+        if "plan" not in (results.get("test") or {}):
+            results = {**results, "test": {"plan": results["chance"],
+                                           "distance": results["chance"]}}
+        out.add(key, results, records.histories.get(key))
+    return out
+
+
+def table8_claims(records: Records) -> ClaimSet:
+    """Table 8's collapse tested on ``scripts/table8_numerics.py``'s runs, keys (arm, eps, seed):
+    at every ε where the released float32 solver ran beside a float64 one, the same objective
+    in float64 (the released exp-domain iteration, and the stable log-domain solver, both on
+    the cost divided by its maximum) trains to a higher test R@1 than the released float32
+    solver. A run whose model became non-finite scores chance."""
+    arms = {k[0] for k in records.runs}
+    claims = []
+    for other, what in (("released-f64", "released solver in float64"),
+                        ("stable-max", "log-domain solver in float64")):
+        if other not in arms:
+            continue
+        for eps in sorted({k[1] for k in records.runs if k[0] == other}):
+            claims += [Claim(f"ε={eps:g}: {what} > released float32, {d} R@1, plan",
+                             a={"arm": other, "eps": eps}, b={"arm": "released-f32", "eps": eps},
+                             metric="R@1", direction=d, ranking="plan", reference="Table 8")
+                       for d in ("t2a", "a2t")]
+    return ClaimSet("table8", ("arm", "eps", "seed"), {"Table 8 (numerics)": claims},
+                    prepare=_nonfinite_at_chance)
+
+
 #: The claim builder of each experiment, by its folder name under ``results/``.
 CLAIM_BUILDERS = {"retrieval": retrieval_claims, "zeroshot": zeroshot_claims,
-                  "mahalanobis": mahalanobis_claims, "noisy_correspondence": noisy_claims}
+                  "mahalanobis": mahalanobis_claims, "noisy_correspondence": noisy_claims,
+                  "table8": table8_claims}
 
 
 def judge(claims: ClaimSet, records: Records, **options) -> dict[str, Any]:
     """``{group: verdict table}`` of a claim set on records (:func:`mltm.verdicts.verdict_table`,
     judged on the seeds both sides of a claim have: ``incomplete="intersect"``)."""
     options.setdefault("incomplete", "intersect")
+    if claims.prepare is not None:
+        records = claims.prepare(records)
     return {group: verdict_table(records, group_claims, claims.key_names, **options)
             for group, group_claims in claims.groups.items()}
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mltm.claims import (chosen_lr, compact, judge, mahalanobis_claims, noisy_claims,
-                         retrieval_claims, zeroshot_claims)
+                         retrieval_claims, table8_claims, zeroshot_claims)
 from mltm.records import Records
 
 LR = {"triplet": 1e-4, "NT-Xent": 3e-3, "contrastive + entropic": 1e-3, "m-LTM": 3e-4}
@@ -117,3 +117,23 @@ def test_compact_shows_na_where_one_seed_gives_no_interval():
     assert set(t["95% CI"]) == {"n/a"} and set(t["seeds"]) == {1}
     assert all(w.startswith("fewer than 5 seeds (1)") for w in t["why undecided"])
     assert not np.isnan(t["effect"]).any()
+
+
+def test_table8_claims_score_a_non_finite_model_at_chance():
+    chance = {"a2t": {"R@1": 1.25}, "t2a": {"R@1": 1.25}}
+    rec = Records()
+    for seed in range(5):
+        for eps in (0.01, 0.05):
+            # released float32 collapses at 0.01 (no test metrics) and trains at 0.05
+            rec.add(("released-f32", eps, seed), {"test": {} if eps == 0.01 else {
+                "plan": {"a2t": {"R@1": 15.0 + seed}, "t2a": {"R@1": 14.0}}}, "chance": chance})
+            rec.add(("stable-max", eps, seed), {"test": {"plan": {
+                "a2t": {"R@1": 16.0}, "t2a": {"R@1": 14.0 + seed}}}, "chance": chance})
+    claims = table8_claims(rec)
+    t = judge(claims, rec)["Table 8 (numerics)"].set_index("claim")
+    row = t.loc["ε=0.01: log-domain solver in float64 > released float32, a2t R@1, plan"]
+    assert row["verdict"] == "holds" and math.isclose(row["effect"], 16.0 - 1.25)
+    # at 0.05 the two tie on a2t on average (16 against 15..19): no claim of a collapse there
+    row = t.loc["ε=0.05: log-domain solver in float64 > released float32, a2t R@1, plan"]
+    assert row["verdict"] != "holds" and math.isclose(row["effect"], -1.0)
+    assert rec.runs["released-f32", 0.01, 0]["test"] == {}  # the records are not changed
