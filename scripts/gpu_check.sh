@@ -5,9 +5,8 @@
 #
 # 1. the CUDA tests that skip on a CPU (fused Sinkhorn kernels, CUDA-graph backend, dtype and
 #    device paths), 2. the solver and loss benchmarks on the GPU (written under $OUT, to be
-#    committed to results/benchmarks/ with their provenance), 3. one seed of the retrieval
-#    chapter's recorded grid on the GPU (the `full` settings are hours; this is a timing probe
-#    that says whether a `full` recording fits the device time a session gets).
+#    committed to results/benchmarks/ with their provenance). The chapters' `full` recordings
+#    take hours and do not fit the 15 device-minutes a session gets.
 # Everything it writes goes to $OUT (the device tool brings it back); nothing else changes.
 set -euo pipefail
 OUT="${OUT:-$(mktemp -d)}"
