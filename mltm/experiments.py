@@ -423,6 +423,7 @@ class Experiment:
         self.log = log or (lambda line: None)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._start = time.perf_counter()
+        self._earlier_wall_s = 0.0
         prov = provenance(device, {"name": config, **settings})
         if self.record:
             # an existing records.json is resumed; new records are written gzip-compressed
@@ -445,6 +446,8 @@ class Experiment:
                                  f"({records.provenance.get('config')!r}, now "
                                  f"{prov['config']!r}); move it away to start afresh")
             records.provenance.setdefault("resumed", []).append(resumed)
+            # the wall time of the executions before this one (finish() adds this one's)
+            self._earlier_wall_s = float(records.provenance.get("wall_time_s") or 0.0)
         else:
             records = Records(provenance=prov)
         self.records = records
@@ -489,8 +492,10 @@ class Experiment:
         return self.records.save(self.records_path)
 
     def finish(self) -> Path | None:
-        """Store the wall time and save (recording), or remove the temporary run folders."""
-        self.records.provenance["wall_time_s"] = round(time.perf_counter() - self._start, 1)
+        """Store the wall time (summed over the executions of a resumed recording) and save
+        (recording), or remove the temporary run folders."""
+        self.records.provenance["wall_time_s"] = round(
+            self._earlier_wall_s + time.perf_counter() - self._start, 1)
         if not self.record:
             shutil.rmtree(self.runs_dir, ignore_errors=True)
         return self.save()

@@ -93,7 +93,7 @@ def test_run_records_after_every_run_and_a_second_execution_resumes(data_root, e
     paths = fake_repo(tmp_path, data_root)
     lines = []
     exp = Experiment("grid", "cpu", SETTINGS, paths=paths, log=lines.append)
-    assert exp.records_path == tmp_path / "results" / "grid" / "cpu" / "records.json"
+    assert exp.records_path == tmp_path / "results" / "grid" / "cpu" / "records.json.gz"
     assert exp.runs_dir == tmp_path / "_build" / "runs" / "grid" / "cpu"
     first = exp.run(("debsfx-ci", "NT-Xent", 0), config(data_root), encoded,
                     evaluate=lambda out: {"files": sorted(p.name for p in out.glob("*.pt"))})
@@ -106,6 +106,10 @@ def test_run_records_after_every_run_and_a_second_execution_resumes(data_root, e
     assert len(saved.histories[("debsfx-ci", "NT-Xent", 0)]) == 2
     exp.run(("debsfx-ci", "m-LTM", 0), config(data_root, "mltm"), encoded)
     assert re.fullmatch(r"debsfx-ci m-LTM 0: best epoch \d, \d+\.\d s", lines[-1])
+
+    exp.finish()  # the first execution's wall time: two trainings, seconds
+    first_wall = Records.load(exp.records_path).provenance["wall_time_s"]
+    assert first_wall > 0.5
 
     # An interrupted experiment started again: recorded keys are not trained again.
     def refuse(self, cfg):
@@ -120,7 +124,9 @@ def test_run_records_after_every_run_and_a_second_execution_resumes(data_root, e
     assert [r["commit"] for r in again.records.provenance["resumed"]] == [
         exp.records.provenance["commit"]]
     assert again.finish() == exp.records_path
-    assert Records.load(exp.records_path).provenance["wall_time_s"] >= 0
+    # a resumed recording's wall time adds this execution's (a fraction of a second) to the
+    # earlier one's
+    assert Records.load(exp.records_path).provenance["wall_time_s"] >= first_wall
 
 
 def test_resuming_with_other_settings_is_refused(data_root, tmp_path):
