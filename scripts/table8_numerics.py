@@ -74,7 +74,8 @@ SETTINGS = {
     # float64 exp-domain arm runs only where float32 is predicted to fail (it runs all 1,000
     # iterations there, about 1 s a step on this CPU).
     "cpu": dict(dataset="debsfx-scenes-ci", joint=1024, hidden=512, batch=32, epochs=5,
-                lr=1e-3, grad_clip=2.0, seeds=(0, 1, 2, 3, 4), eps_grid=(0.01, 0.02, 0.03, 0.05, 0.1),
+                lr=1e-3, grad_clip=2.0, seeds=(0, 1, 2, 3, 4),
+                eps_grid=(0.01, 0.02, 0.03, 0.05, 0.1),
                 arms=tuple(ARMS), arm_eps={"released-f64": (0.01, 0.02)}, released_iter=1000,
                 stable_tol=1e-5, stable_max_iter=2000, eval_eps=0.03),
     # A smoke run (not recorded): two ε, one seed, one epoch.
