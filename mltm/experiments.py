@@ -42,7 +42,7 @@ from torch import nn
 from mltm.config import TrainConfig, config_from_dict
 from mltm.provenance import provenance
 from mltm.records import Records, load_records, records_file
-from mltm.train import EvalSet, Trainer
+from mltm.train import EvalSet, Trainer, _history_prefix
 
 __all__ = [
     "GRID_SIZES",
@@ -277,7 +277,7 @@ def best_val_r_sum(history: list[dict[str, Any]],
     """
     if not history:
         raise ValueError("the run's history has no epoch to score")
-    columns = ["val_r_sum" if r == "distance" else f"val_{r}_r_sum" for r in rankings]
+    columns = [_history_prefix(r) + "r_sum" for r in rankings]  # the trainer's column names
     missing = [c for c in columns if c not in history[0]]
     if missing:
         raise ValueError(f"the history has no {', '.join(missing)}: the run did not validate by "
