@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -104,7 +105,7 @@ class Records:
         try:
             data = path.read_bytes()
             raw = json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
-        except (gzip.BadGzipFile, EOFError) as err:
+        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
             raise ValueError(f"{path} is not a complete gzip file ({err}); re-run the "
                              f"experiment that writes it") from None
         except json.JSONDecodeError as err:

@@ -14,6 +14,7 @@ from mltm.experiments import (
     Experiment,
     RepoPaths,
     encode_dataset,
+    evaluate_selected,
     initial_model,
     records_frame,
     repo_paths,
@@ -127,6 +128,28 @@ def test_run_records_after_every_run_and_a_second_execution_resumes(data_root, e
     # a resumed recording's wall time adds this execution's (a fraction of a second) to the
     # earlier one's
     assert Records.load(exp.records_path).provenance["wall_time_s"] >= first_wall
+
+
+def test_evaluate_selected_on_the_runs_own_data_is_its_test_result(data_root, encoded, tmp_path):
+    # evaluated on the dataset it was trained on, each ranking's selected checkpoint gives back
+    # the run's own recorded test metrics and per-query outcomes, in the same layout
+    exp = Experiment("grid", "cpu", SETTINGS, paths=fake_repo(tmp_path, data_root))
+    key = ("debsfx-ci", "m-LTM", 0)
+    res = exp.run(key, config(data_root, "mltm"), encoded,
+                  evaluate=lambda out: {"again": evaluate_selected(out, encoded)})
+    again, test = res["again"], res["test"]
+    assert set(again) == {"distance", "plan", "queries"}
+    assert again["queries"] == test["queries"]
+    for r in ("distance", "plan"):
+        for d in ("a2t", "t2a"):
+            assert again[r][d]["R@1"] == pytest.approx(test[r][d]["R@1"], abs=1e-9)
+            for name, values in test[r][d]["per_query"].items():  # rank, hit@k, AP per query
+                assert again[r][d]["per_query"][name] == pytest.approx(values), (r, d, name)
+    (exp.run_dir(key) / "best_plan.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            "best_plan.pt does not exist: the run did not select a checkpoint by 'plan'; "
+            "add it to eval.rankings and retrain")):
+        evaluate_selected(exp.run_dir(key), encoded)
 
 
 def test_resuming_with_other_settings_is_refused(data_root, tmp_path):

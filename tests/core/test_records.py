@@ -87,6 +87,24 @@ def test_bad_files_are_rejected_with_the_fix(tmp_path: Path):
         Records.load(bad)
 
 
+def test_a_truncated_gzip_records_file_is_named_with_the_fix(tmp_path: Path):
+    path = make().save(tmp_path / "records.json.gz")
+    data = path.read_bytes()
+    assert data[:2] == b"\x1f\x8b" and Records.load(path).runs == make().runs
+    path.write_bytes(data[: len(data) // 2])  # a copy or a save cut short
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not a complete gzip file")) as err:
+        Records.load(path)
+    assert "re-run the" in str(err.value)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # a damaged byte inside the deflate stream
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not a complete gzip file")):
+        Records.load(path)
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not a complete gzip file")):
+        Records.load(path)
+
+
 def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path: Path, monkeypatch):
     rec = make()
     path = rec.save(tmp_path / "records.json")
