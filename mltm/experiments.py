@@ -391,6 +391,23 @@ def _added_seeds(before: Any, now: Any) -> list | None:
     return new[len(old):]
 
 
+def _reproduced(results: dict[str, Any]) -> dict[str, Any]:
+    """What a retrained run must give back: its selected epochs and test R@k (rounded to
+    1e-9, below any metric's resolution and above the rounding of a JSON round trip)."""
+    out: dict[str, Any] = {"best_epoch": results.get("best_epoch")}
+    for name, sel in (results.get("selection") or {}).items():
+        out[f"selection {name}"] = sel.get("best_epoch")
+    for ranking, block in (results.get("test") or {}).items():
+        if ranking == "queries" or not isinstance(block, dict):
+            continue
+        for direction, metrics in block.items():
+            if isinstance(metrics, dict):
+                for k, v in metrics.items():
+                    if k.startswith("R@") and isinstance(v, (int, float)):
+                        out[f"{ranking} {direction} {k}"] = round(float(v), 9)
+    return out
+
+
 class Experiment:
     """One experiment of a chapter under one configuration: its runs, records and views.
 
@@ -484,6 +501,46 @@ class Experiment:
         self.log(f"{' '.join(map(str, key))}: best epoch {results['best_epoch']}, "
                  f"{time.perf_counter() - start:.1f} s")
         return results
+
+    def checkpoint(self, key: Iterable, data: EncodedDataset, which: str = "best.pt") -> Path:
+        """A recorded run's checkpoint file, retrained from its record when it is not here.
+
+        Records are committed, checkpoints are not: a chapter resumed from records written on
+        another machine (or in a removed worktree) has the runs' results but not their files.
+        A missing file is made again by retraining the run from the config in its record
+        (``out_dir`` set to :meth:`run_dir`, the dataset to ``data``'s), and the retrained
+        run's selected epochs and test R@k must equal the recorded ones (seeded CPU runs are
+        deterministic), so the checkpoint is the one whose numbers the record holds.
+
+        Args:
+            key: The run's key in the records.
+            data: The encoder outputs the run trained on (:func:`encode_dataset`).
+            which: The file (``best.pt``, ``best_plan.pt``, ``last.pt``, ...).
+
+        Raises:
+            KeyError: ``key`` is not recorded.
+            RuntimeError: the retrained run does not reproduce its record.
+        """
+        key = tuple(key)
+        path = self.run_dir(key) / which
+        if path.is_file():
+            return path
+        if key not in self.records.runs:
+            raise KeyError(f"run {key!r} is not recorded; train it with Experiment.run first")
+        recorded = self.records.runs[key]
+        raw = dict(recorded["provenance"]["config"])
+        raw["data"] = {**raw["data"], "dataset": str(data.root)}
+        self.log(f"{' '.join(map(str, key))}: {which} is not on this machine; retraining the "
+                 f"recorded run")
+        again = data.train(dataclasses.replace(config_from_dict(raw), out_dir=str(path.parent)))
+        now, then = _reproduced(again), _reproduced(recorded)
+        if now != then:
+            diff = {k: (then[k], now.get(k)) for k in then if now.get(k) != then[k]}
+            raise RuntimeError(f"retraining run {key!r} did not reproduce its record (recorded, "
+                               f"now: {diff}); re-record the experiment on this machine")
+        if not path.is_file():
+            raise FileNotFoundError(f"the retrained run {key!r} wrote no {which}")
+        return path
 
     def save(self) -> Path | None:
         """Write the records atomically (recording experiments only); the path written."""

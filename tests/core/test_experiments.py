@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from mltm.experiments import (
     train_config,
     training_pairs,
 )
+from mltm.checkpoint import read_checkpoint
 from mltm.records import Records
 from mltm.train import build_loss_from_config
 
@@ -150,6 +152,35 @@ def test_evaluate_selected_on_the_runs_own_data_is_its_test_result(data_root, en
             "best_plan.pt does not exist: the run did not select a checkpoint by 'plan'; "
             "add it to eval.rankings and retrain")):
         evaluate_selected(exp.run_dir(key), encoded)
+
+
+def test_a_missing_checkpoint_is_retrained_from_the_record_and_checked(data_root, encoded,
+                                                                        tmp_path):
+    paths = fake_repo(tmp_path, data_root)
+    exp = Experiment("grid", "cpu", SETTINGS, paths=paths, log=None)
+    key = ("debsfx-ci", "m-LTM", 0)
+    exp.run(key, config(data_root, "mltm"), encoded)
+    first = read_checkpoint(exp.run_dir(key) / "best_plan.pt")["model"]
+    shutil.rmtree(exp.run_dir(key))  # recorded elsewhere: the records are here, the files not
+    lines = []
+    again = Experiment("grid", "cpu", SETTINGS, paths=paths, log=lines.append)
+    path = again.checkpoint(key, encoded, "best_plan.pt")
+    assert path == again.run_dir(key) / "best_plan.pt"
+    assert lines == ["debsfx-ci m-LTM 0: best_plan.pt is not on this machine; retraining the "
+                     "recorded run"]
+    second = read_checkpoint(path)["model"]
+    assert all(torch.equal(first[k], second[k]) for k in first)  # the same weights, bit for bit
+    assert again.checkpoint(key, encoded, "last.pt").is_file() and len(lines) == 1  # not again
+    # a record that retraining does not reproduce is named, with the numbers that differ
+    shutil.rmtree(again.run_dir(key))
+    again.records.runs[key]["test"]["plan"]["a2t"]["R@1"] += 1.0
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"retraining run {key!r} did not reproduce its record (recorded, now: "
+            "{'plan a2t R@1': (")) as err:
+        again.checkpoint(key, encoded)
+    assert str(err.value).endswith("re-record the experiment on this machine")
+    with pytest.raises(KeyError, match="is not recorded; train it with Experiment.run first"):
+        again.checkpoint(("debsfx-ci", "NT-Xent", 9), encoded)
 
 
 def test_resuming_with_other_settings_is_refused(data_root, tmp_path):
