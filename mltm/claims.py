@@ -14,7 +14,8 @@ recorded configuration, the learning rate each loss was chosen to train at), so 
 chapter's `ci` execution and on its recorded run alike. The paper's references are Luong et al.,
 ICLR 2024: Table 2 (losses, ResNet38 and HTSAT), Table 3 (zero-shot ESC-50), Table 4 (modality
 gap), Table 5 and Figure 2 (noisy correspondence), Tables 6 and 8 (ε and the metric), Table 7
-(contrastive + entropic), Table 9 (transfer).
+(contrastive + entropic), Table 9 (transfer); besides them, the invariance chapter's own
+predictions from the gauge of entropic OT (gauge-fixed m-LTM, training normalisations).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from mltm.records import Records
 from mltm.verdicts import Claim, verdict_table
 
 __all__ = ["ClaimSet", "chosen_lr", "retrieval_claims", "zeroshot_claims", "mahalanobis_claims",
-           "noisy_claims", "table8_claims", "judge", "compact", "CLAIM_BUILDERS"]
+           "noisy_claims", "table8_claims", "invariance_claims", "judge", "compact",
+           "CLAIM_BUILDERS"]
 
 
 @dataclass(frozen=True)
@@ -190,10 +192,42 @@ def table8_claims(records: Records) -> ClaimSet:
                     prepare=_nonfinite_at_chance)
 
 
+#: The gauge-fixed m-LTM variants and training normalisations of the invariance chapter.
+GAUGE_VARIANTS = ("centre", "penalty", "InfoNCE", "InfoNCE a2t")
+NORMALISATIONS = ("softmax (half-step)", "3 iterations")
+
+
+def invariance_claims(records: Records) -> ClaimSet:
+    """The invariance chapter's comparisons between models, keys (model, seed), on the R@1 and
+    gaps its runs record (``analysis``, last epoch): Table 4, each m-LTM model's final modality
+    gap below NT-Xent's; the book's own predictions from the gauge of entropic OT, each
+    gauge-fixed variant's audio→text R@1 by distance above plain m-LTM (M = I), and text→audio
+    R@1 by distance of a training normalisation that leaves the clip terms trained (a softmax
+    half-step, three unrolled iterations) above converged training."""
+    models = set(k[0] for k in records.runs)
+    base = "m-LTM (M = I)"
+
+    def recall(a, d, what):
+        return Claim(f"{a}: {d} R@1 by distance above {what}", a={"model": a},
+                     b={"model": base}, metric=d, direction=None, ranking="distance",
+                     split=("analysis", "recall"), reference="invariance (this book)")
+
+    gap = [Claim(f"{m}: final gap below NT-Xent's", a={"model": m}, b={"model": "NT-Xent"},
+                 metric="gap", direction=None, ranking="final", split=("analysis", "gap"),
+                 sign=-1, reference="Table 4")
+           for m in ("m-LTM (full M)", base) if m in models and "NT-Xent" in models]
+    return ClaimSet("invariance", ("model", "seed"), {
+        "Table 4 (gap)": gap,
+        "gauge fixing": [recall(v, "a2t", "plain m-LTM") for v in GAUGE_VARIANTS if v in models],
+        "training normalisation": [recall(v, "t2a", "converged training")
+                                   for v in NORMALISATIONS if v in models],
+    })
+
+
 #: The claim builder of each experiment, by its folder name under ``results/``.
 CLAIM_BUILDERS = {"retrieval": retrieval_claims, "zeroshot": zeroshot_claims,
                   "mahalanobis": mahalanobis_claims, "noisy_correspondence": noisy_claims,
-                  "table8": table8_claims}
+                  "table8": table8_claims, "invariance": invariance_claims}
 
 
 def judge(claims: ClaimSet, records: Records, **options) -> dict[str, Any]:

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from mltm.claims import (chosen_lr, compact, judge, mahalanobis_claims, noisy_claims,
-                         retrieval_claims, table8_claims, zeroshot_claims)
+from mltm.claims import (CLAIM_BUILDERS, chosen_lr, compact, invariance_claims, judge,
+                         mahalanobis_claims, noisy_claims, retrieval_claims, table8_claims,
+                         zeroshot_claims)
 from mltm.records import Records
 
 LR = {"triplet": 1e-4, "NT-Xent": 3e-3, "contrastive + entropic": 1e-3, "m-LTM": 3e-4}
@@ -109,6 +110,39 @@ def test_zero_shot_mahalanobis_and_noisy_claims_name_their_runs():
     g = noisy_claims(noisy).groups
     assert len(g["Table 5"]) == 2 * 2 * 3 and len(g["Figure 2"]) == 2 * 2 * 2
     assert g["Table 5"][0].a == {"xi": 0.2, "method": "m-LTM + POT (s=0.8)"}
+
+
+def test_invariance_claims_judge_the_recorded_analysis():
+    rec = Records()
+    models = ("NT-Xent", "m-LTM (full M)", "m-LTM (M = I)", "centre", "penalty",
+              "softmax (half-step)")
+    for seed in range(5):
+        for i, m in enumerate(models):
+            # centre 2 + seed points above plain m-LTM by distance a2t; penalty 1 point below;
+            # the half-step 0.5 above on t2a on every seed; m-LTM gaps 0.1 below NT-Xent's
+            a2t = {"centre": 12.0 + seed, "penalty": 9.0}.get(m, 10.0)
+            t2a = 10.5 if m == "softmax (half-step)" else 10.0
+            gap = 0.5 if m == "NT-Xent" else 0.4
+            rec.add((m, seed), {"analysis": {
+                "recall": {"distance": {"a2t": a2t, "t2a": t2a}, "plan": {"a2t": 1.0, "t2a": 1.0}},
+                "gap": {"final": {"gap": gap}, "init": {"gap": 1.0}}}})
+    claims = invariance_claims(rec)
+    assert CLAIM_BUILDERS["invariance"] is invariance_claims
+    assert [c.label for c in claims.groups["gauge fixing"]] == [
+        "centre: a2t R@1 by distance above plain m-LTM",
+        "penalty: a2t R@1 by distance above plain m-LTM"]  # only the variants recorded
+    assert len(claims.groups["training normalisation"]) == 1
+    tables = judge(claims, rec)
+    gauge = tables["gauge fixing"].set_index("claim")
+    assert gauge["verdict"].tolist() == ["holds", "reversed"]
+    assert gauge["effect"].tolist() == pytest.approx([4.0, -1.0])  # mean of 2 + seed; -1
+    assert gauge["p_value"].iloc[0] == pytest.approx(1 / 32)  # all five seeds agree
+    norm = tables["training normalisation"]
+    assert norm["verdict"].tolist() == ["holds"] and norm["effect"].iloc[0] == pytest.approx(0.5)
+    gap = tables["Table 4 (gap)"]
+    assert gap["verdict"].tolist() == ["holds", "holds"]  # sign -1: a smaller gap is the claim
+    assert gap["effect"].tolist() == pytest.approx([-0.1, -0.1])
+    assert set(gap["reference"]) == {"Table 4"}
 
 
 def test_compact_shows_na_where_one_seed_gives_no_interval():
