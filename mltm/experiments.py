@@ -463,8 +463,17 @@ class Experiment:
                                  f"({records.provenance.get('config')!r}, now "
                                  f"{prov['config']!r}); move it away to start afresh")
             records.provenance.setdefault("resumed", []).append(resumed)
-            # the wall time of the executions before this one (finish() adds this one's)
-            self._earlier_wall_s = float(records.provenance.get("wall_time_s") or 0.0)
+            # the wall time of the executions before this one (each save adds this one's); a
+            # record from before saves kept it (an execution stopped before finish()) counts
+            # its runs' own training times instead, and says so
+            earlier = records.provenance.get("wall_time_s")
+            if earlier is None and records.runs:
+                earlier = sum(float(r.get("provenance", {}).get("wall_time_s") or 0.0)
+                              for r in records.runs.values())
+                records.provenance["wall_time_from"] = (
+                    "the recorded runs' training times for the executions before "
+                    f"{prov['date'][:10]} (stopped before saving their wall time)")
+            self._earlier_wall_s = float(earlier or 0.0)
         else:
             records = Records(provenance=prov)
         self.records = records
@@ -543,16 +552,21 @@ class Experiment:
         return path
 
     def save(self) -> Path | None:
-        """Write the records atomically (recording experiments only); the path written."""
+        """Write the records atomically (recording experiments only), with the wall time so
+        far (summed over a resumed recording's executions); the path written."""
         if self.records_path is None:
             return None
+        self._store_wall_time()
         return self.records.save(self.records_path)
+
+    def _store_wall_time(self) -> None:
+        self.records.provenance["wall_time_s"] = round(
+            self._earlier_wall_s + time.perf_counter() - self._start, 1)
 
     def finish(self) -> Path | None:
         """Store the wall time (summed over the executions of a resumed recording) and save
         (recording), or remove the temporary run folders."""
-        self.records.provenance["wall_time_s"] = round(
-            self._earlier_wall_s + time.perf_counter() - self._start, 1)
+        self._store_wall_time()
         if not self.record:
             shutil.rmtree(self.runs_dir, ignore_errors=True)
         return self.save()

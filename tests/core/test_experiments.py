@@ -183,6 +183,24 @@ def test_a_missing_checkpoint_is_retrained_from_the_record_and_checked(data_root
         again.checkpoint(("debsfx-ci", "NT-Xent", 9), encoded)
 
 
+def test_wall_time_is_saved_with_every_run_and_survives_an_interruption(data_root, encoded,
+                                                                          tmp_path):
+    paths = fake_repo(tmp_path, data_root)
+    exp = Experiment("grid", "cpu", SETTINGS, paths=paths, log=None)
+    exp.run(("debsfx-ci", "NT-Xent", 0), config(data_root), encoded)  # then "killed": no finish()
+    saved = Records.load(exp.records_path)
+    run_time = saved.runs[("debsfx-ci", "NT-Xent", 0)]["provenance"]["wall_time_s"]
+    assert saved.provenance["wall_time_s"] >= run_time - 0.05 > 0  # stored to 0.1 s
+    # a record written before saves kept the wall time: its runs' own times count, and it says so
+    del saved.provenance["wall_time_s"]
+    saved.save(exp.records_path)
+    again = Experiment("grid", "cpu", SETTINGS, paths=paths, log=None)
+    assert again.records.provenance["wall_time_from"].startswith(
+        "the recorded runs' training times for the executions before ")
+    again.finish()
+    assert Records.load(exp.records_path).provenance["wall_time_s"] >= run_time - 0.05
+
+
 def test_resuming_with_other_settings_is_refused(data_root, tmp_path):
     paths = fake_repo(tmp_path, data_root)
     exp = Experiment("grid", "cpu", SETTINGS, paths=paths, log=None)
