@@ -157,7 +157,7 @@ def one_training_step(grad):
     opt.step()
     loss.project_()
     return ([p.detach().clone() for p in list(heads.parameters()) + list(loss.parameters())],
-            float(value))
+            float(value.detach()))
 
 
 def test_implicit_training_step_equals_unrolled():
